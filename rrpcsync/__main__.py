@@ -1,0 +1,3 @@
+from rrpcsync.cli import main
+
+main()

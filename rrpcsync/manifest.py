@@ -1,0 +1,532 @@
+"""Load manifests (YAML) into desired devices, each remembering the file and line it came from.
+
+The hot path is one libyaml parse per file: nodes are composed in C, constructed in Python,
+and line numbers are read from the node tree of the document being processed (no second
+parse). A compiled validator checks the happy path; jsonschema explains the failures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from rrpcsync.errors import Diagnostic
+from rrpcsync.model import EMPTY_LABELS, DesiredDevice
+
+API_VERSION = "rrpcsync/v1"
+MAX_PAYLOAD_BYTES = 65_536  # MQTT message limit (InvalidParameterValue.PayloadOverLimit)
+MAX_EXPANDED_NODES = 1_000_000  # alias ("billion laughs") budget per document
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+LIBYAML = _BaseLoader is not yaml.SafeLoader
+
+
+class _ManifestLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """SafeLoader with YAML 1.2-like scalars (no timestamps, true/false only), no duplicate keys."""
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        pairs_before = len(node.value)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        # flatten_mapping (merge keys "<<") changes node.value; duplicates are legal there.
+        if len(mapping) != pairs_before and len(node.value) == pairs_before:
+            _raise_duplicate_key(node)
+        return mapping
+
+
+def _raise_duplicate_key(node: MappingNode) -> None:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = key_node.value if isinstance(key_node, ScalarNode) else id(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found duplicate key {key!r}",
+                key_node.start_mark,
+            )
+        seen.add(key)
+
+
+def _yaml12_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
+    resolvers: dict[Any, list[tuple[str, re.Pattern[str]]]] = {}
+    for first, entries in yaml.SafeLoader.yaml_implicit_resolvers.items():
+        kept = [
+            (tag, regexp)
+            for tag, regexp in entries
+            if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool")
+        ]
+        if kept:
+            resolvers[first] = kept
+    bool_re = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+    for first in "tTfF":
+        resolvers.setdefault(first, []).append(("tag:yaml.org,2002:bool", bool_re))
+    return resolvers
+
+
+_ManifestLoader.yaml_implicit_resolvers = _yaml12_resolvers()
+_ManifestLoader.add_constructor(
+    "tag:yaml.org,2002:bool",
+    lambda loader, node: node.value.lower() == "true",
+)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@cache
+def schema_text() -> str:
+    return resources.files("rrpcsync.schema").joinpath("manifest.schema.json").read_text("utf-8")
+
+
+@cache
+def schema() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(schema_text())
+    return loaded
+
+
+@cache
+def _fast_validator() -> Callable[[Any], Any]:
+    import fastjsonschema
+
+    compiled: Callable[[Any], Any] = fastjsonschema.compile(schema())
+    return compiled
+
+
+@cache
+def _full_validator() -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(schema())
+
+
+def _is_valid_fast(document: Any) -> bool:
+    import fastjsonschema
+
+    try:
+        _fast_validator()(document)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def canonical_payload(value: Any) -> str:
+    """The exact Payload text: canonical JSON for mappings and lists, strings verbatim."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(
+        value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    )
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Deep merge: mappings merge key by key, `None` deletes a key, anything else replaces."""
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestInfo:
+    name: str
+    file: str
+    line: int
+    product_id: str
+    devices: int
+
+
+@dataclass(slots=True)
+class LoadResult:
+    devices: list[DesiredDevice] = field(default_factory=list)
+    manifests: list[ManifestInfo] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    files: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.diagnostics
+
+    def extend(self, other: LoadResult) -> None:
+        self.devices.extend(other.devices)
+        self.manifests.extend(other.manifests)
+        self.diagnostics.extend(other.diagnostics)
+        self.files += other.files
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def discover(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[Diagnostic]]:
+    """Manifest files under `paths`, sorted and de-duplicated; missing paths are diagnostics."""
+    files: list[Path] = []
+    problems: list[Diagnostic] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(_walk(path))
+            if not found:
+                problems.append(_path_problem(path, "folder holds no *.yaml or *.yml manifests"))
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(_path_problem(path, "no such file or folder"))
+    return list(dict.fromkeys(files)), problems
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            if name.endswith(MANIFEST_SUFFIXES) and not name.startswith("."):
+                yield Path(root, name)
+
+
+def _path_problem(path: Path, message: str) -> Diagnostic:
+    return Diagnostic(str(path), 1, 1, "$", message)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_manifests(paths: Sequence[str | os.PathLike[str]]) -> LoadResult:
+    """Load, validate and expand every manifest under `paths`; collect every problem."""
+    files, problems = discover(paths)
+    result = LoadResult(diagnostics=problems)
+    for path in files:
+        result.extend(load_file(path))
+    result.diagnostics.extend(cross_file_problems(result))
+    return result
+
+
+def load_file(path: Path) -> LoadResult:
+    """One file: its manifests, devices and the problems found in it alone."""
+    name = str(path)
+    result = LoadResult(files=1)
+    text, problem = _read_text(path)
+    if problem is not None:
+        result.diagnostics.append(problem)
+        return result
+    for document, root in _documents(name, text, result.diagnostics):
+        _load_document(name, document, root, result)
+    return result
+
+
+def _read_text(path: Path) -> tuple[str, Diagnostic | None]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return "", Diagnostic(str(path), 1, 1, "$", f"cannot read file: {exc.strerror}")
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        message = f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x})"
+        return "", Diagnostic(str(path), line, column, "$", message)
+
+
+_ANCHOR = re.compile(r"&[^\s\[\]{},]")
+
+
+def _documents(file: str, text: str, problems: list[Diagnostic]) -> Iterator[tuple[Any, Node]]:
+    """(constructed document, its node tree) for each non-empty document of a file."""
+    loader = _ManifestLoader(text)
+    check_aliases = _ANCHOR.search(text) is not None
+    try:
+        while loader.check_node():
+            root = loader.get_node()
+            if root is None:
+                continue
+            if check_aliases:
+                problem = _alias_problem(file, root)
+                if problem is not None:
+                    problems.append(problem)
+                    continue
+            document = loader.construct_document(root)
+            if document is not None:
+                yield document, root
+    except yaml.MarkedYAMLError as exc:
+        problems.append(_yaml_problem(file, exc))
+    except yaml.YAMLError as exc:  # errors without a mark
+        problems.append(Diagnostic(file, 1, 1, "$", f"YAML error: {exc}"))
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(file: str, exc: yaml.MarkedYAMLError) -> Diagnostic:
+    mark = exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    parts = [p for p in (exc.context, exc.problem) if p]
+    message = "; ".join(parts) or "YAML syntax error"
+    if "could not determine a constructor" in message:
+        message = f"{message} (only plain YAML is allowed: no custom or Python tags)"
+    return Diagnostic(file, line, column, "$", f"YAML: {message}")
+
+
+def _alias_problem(file: str, root: Node) -> Diagnostic | None:
+    """Refuse documents whose aliases expand past the node budget or refer to themselves."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        ident = id(node)
+        if children_done:
+            on_path.discard(ident)
+            sizes[ident] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[ident] > MAX_EXPANDED_NODES:
+                return _budget_problem(file, node)
+            continue
+        if ident in sizes:
+            continue
+        if ident in on_path:
+            return Diagnostic(file, *_mark(node), "$", "YAML: recursive alias is not allowed")
+        on_path.add(ident)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    return None
+
+
+def _budget_problem(file: str, node: Node) -> Diagnostic:
+    message = (
+        f"YAML aliases expand to more than {MAX_EXPANDED_NODES:,} nodes "
+        "(an alias bomb?); refusing to load this document"
+    )
+    return Diagnostic(file, *_mark(node), "$", message)
+
+
+def _children(node: Node) -> Iterator[Node]:
+    if isinstance(node, SequenceNode):
+        yield from node.value
+    elif isinstance(node, MappingNode):
+        for key, value in node.value:
+            yield key
+            yield value
+
+
+def _mark(node: Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+# --------------------------------------------------------------------------- one document
+
+
+def _load_document(file: str, document: Any, root: Node, result: LoadResult) -> None:
+    if not _is_valid_fast(document):
+        result.diagnostics.extend(schema_problems(file, document, root))
+        return
+    spec = document["spec"]
+    metadata = document["metadata"]
+    name = metadata["name"]
+    product_id = spec["productId"]
+    labels = metadata.get("labels") or EMPTY_LABELS
+    default_payload = spec.get("payload")
+    device_nodes = _lookup(root, ("spec", "devices"))
+    assert isinstance(device_nodes, SequenceNode)
+    devices_before = len(result.devices)
+    for index, (entry, node) in enumerate(zip(spec["devices"], device_nodes.value, strict=True)):
+        line = node.start_mark.line + 1
+        if isinstance(entry, str):
+            device_name, device_labels, payload = entry, labels, default_payload
+        else:
+            device_name = entry["name"]
+            device_labels = {**labels, **entry["labels"]} if "labels" in entry else labels
+            payload = (
+                merge(default_payload, entry["payload"]) if "payload" in entry else default_payload
+            )
+        path = f"$.spec.devices[{index}]"
+        text = _payload_text(file, line, node, path, payload, result.diagnostics)
+        if text is None:
+            continue
+        result.devices.append(
+            DesiredDevice(
+                key=f"{product_id}/{device_name}",
+                product_id=product_id,
+                device_name=device_name,
+                manifest=name,
+                payload=text,
+                payload_sha256=sha256_text(text),
+                file=file,
+                line=line,
+                labels=device_labels,
+            )
+        )
+    line, _ = _mark(root)
+    count = len(result.devices) - devices_before
+    result.manifests.append(ManifestInfo(name, file, line, product_id, count))
+
+
+def _payload_text(
+    file: str, line: int, node: Node, path: str, payload: Any, problems: list[Diagnostic]
+) -> str | None:
+    column = node.start_mark.column + 1
+    if payload is None:
+        message = "device has no payload: set spec.payload or the device's own payload"
+        problems.append(Diagnostic(file, line, column, path, message))
+        return None
+    try:
+        text = canonical_payload(payload)
+    except (TypeError, ValueError, RecursionError) as exc:
+        message = f"payload cannot be sent as JSON: {_json_reason(exc)}"
+        problems.append(Diagnostic(file, line, column, path + ".payload", message))
+        return None
+    size = len(text.encode("utf-8"))
+    if size > MAX_PAYLOAD_BYTES:
+        message = f"payload is {size:,} bytes, over the {MAX_PAYLOAD_BYTES:,}-byte MQTT limit"
+        problems.append(Diagnostic(file, line, column, path + ".payload", message))
+        return None
+    return text
+
+
+def _json_reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, ValueError):
+        return "NaN and infinity are not JSON numbers"
+    return f"{exc} (quote the value, or use only strings as mapping keys)"
+
+
+# --------------------------------------------------------------------------- schema errors
+
+
+def schema_problems(file: str, document: Any, root: Node) -> list[Diagnostic]:
+    """Every schema violation of one document, each at the line of the offending node."""
+    problems: list[Diagnostic] = []
+    for error in _full_validator().iter_errors(document):
+        for path, message in _explain(error):
+            node = _lookup(root, path, at_key=True)
+            line, column = _mark(node if node is not None else root)
+            problems.append(Diagnostic(file, line, column, _json_path(path), message))
+    if not problems:  # the fast validator and jsonschema disagree: never pass silently
+        problems.append(Diagnostic(file, *_mark(root), "$", "document does not match the schema"))
+    return sorted(problems, key=lambda d: (d.line, d.column, d.path))
+
+
+def _explain(error: Any) -> Iterator[tuple[tuple[Any, ...], str]]:
+    path = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        for key in sorted(set(error.instance) - set(allowed), key=str):
+            yield (*path, key), f"unknown key {key!r} (allowed: {', '.join(allowed)})"
+    elif error.validator == "anyOf" and error.context:
+        yield from _explain_device(error, path)
+    elif error.validator == "const":
+        yield path, f"must be {error.validator_value!r}, not {error.instance!r}"
+    elif error.validator == "minItems" and error.instance == []:
+        yield path, "must list at least one device"
+    elif error.validator == "propertyNames":
+        yield (*path, error.instance), f"invalid label key {error.instance!r}"
+    else:
+        yield path, error.message
+
+
+def _explain_device(error: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:
+    branch = 0 if isinstance(error.instance, str) else 1 if isinstance(error.instance, dict) else -1
+    if branch < 0:
+        yield path, "a device must be a name or a mapping with `name` (and `labels`, `payload`)"
+        return
+    for sub in error.context:
+        if sub.schema_path and sub.schema_path[0] == branch:
+            yield from _explain(sub)
+
+
+def _json_path(path: Iterable[Any]) -> str:
+    out = "$"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _lookup(root: Node, path: Sequence[Any], at_key: bool = False) -> Node | None:
+    """The node at a JSON path; with `at_key`, a collection value is reported at its key."""
+    node: Node = root
+    for depth, part in enumerate(path):
+        if isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        elif isinstance(node, MappingNode):
+            pair = _find_pair(node, part)
+            if pair is None:
+                return node
+            key_node, value_node = pair
+            is_last = depth == len(path) - 1
+            node = key_node if at_key and is_last and _points_at_key(value_node) else value_node
+        else:
+            return node
+    return node
+
+
+def _find_pair(node: MappingNode, key: Any) -> tuple[Node, Node] | None:
+    for key_node, value_node in node.value:
+        if isinstance(key_node, ScalarNode) and key_node.value == str(key):
+            return key_node, value_node
+    return None
+
+
+def _points_at_key(value_node: Node) -> bool:
+    # Collections start on the next line; point at the key, where the reader looks.
+    return isinstance(value_node, (MappingNode, SequenceNode))
+
+
+# --------------------------------------------------------------------------- across files
+
+
+def cross_file_problems(result: LoadResult) -> list[Diagnostic]:
+    """Duplicate manifest names and devices, each naming both places."""
+    problems: list[Diagnostic] = []
+    first_manifest: dict[str, ManifestInfo] = {}
+    for info in result.manifests:
+        earlier = first_manifest.setdefault(info.name, info)
+        if earlier is not info:
+            message = (
+                f"duplicate manifest name {info.name!r}: "
+                f"also defined at {earlier.file}:{earlier.line}"
+            )
+            problems.append(Diagnostic(info.file, info.line, 1, "$.metadata.name", message))
+    first_device: dict[str, DesiredDevice] = {}
+    for device in result.devices:
+        earlier_device = first_device.setdefault(device.key, device)
+        if earlier_device is not device:
+            message = f"device {device.key} is declared twice: first at {earlier_device.source}"
+            problems.append(Diagnostic(device.file, device.line, 1, "$.spec.devices", message))
+    return problems
+
+
+def summary_line(result: LoadResult) -> str:
+    return (
+        f"{result.files} file(s), {len(result.manifests)} manifest(s), "
+        f"{len(result.devices)} device(s)"
+    )
+
+
+def devices_by_key(devices: Iterable[DesiredDevice]) -> Mapping[str, DesiredDevice]:
+    return {device.key: device for device in devices}

@@ -1,0 +1,133 @@
+"""Command-line options shared by several commands, each declared once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_PATHS = ("configs/",)
+DEFAULT_STATE = "rrpcsync.state.json"
+
+
+def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+paths_argument = click.argument("paths", nargs=-1, type=click.Path())
+
+state_option = click.option(
+    "--state",
+    "state_path",
+    envvar="RRPCSYNC_STATE",
+    default=DEFAULT_STATE,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="State file (env RRPCSYNC_STATE).",
+)
+
+lock_timeout_option = click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for another run's state lock before giving up (exit 4).",
+)
+
+selection_options = _stack(
+    click.option(
+        "--target",
+        "targets",
+        multiple=True,
+        metavar="KEY",
+        help="Only devices whose ProductId/DeviceName matches this glob (repeatable).",
+    ),
+    click.option(
+        "--exclude",
+        "excludes",
+        multiple=True,
+        metavar="KEY",
+        help="Leave out devices matching this glob (repeatable).",
+    ),
+    click.option(
+        "--selector",
+        "-l",
+        "selectors",
+        multiple=True,
+        metavar="EXPR",
+        help="Label selector: k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k, !k (repeatable).",
+    ),
+)
+
+prune_option = click.option(
+    "--prune", is_flag=True, help="Forget orphaned devices (no longer declared) from the state."
+)
+
+
+def format_option(*choices: str, default: str = "text") -> Callable[[F], F]:
+    return click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(choices),
+        default=default,
+        show_default=True,
+        help="Output format.",
+    )
+
+
+client_options = _stack(
+    click.option(
+        "--access-token-file",
+        type=click.Path(dir_okay=False),
+        help="Read the access token from this file (else env RRPCSYNC_ACCESS_TOKEN).",
+    ),
+    click.option(
+        "--endpoint",
+        envvar="RRPCSYNC_ENDPOINT",
+        default=None,
+        help="API endpoint (env RRPCSYNC_ENDPOINT; default the official URL).",
+    ),
+    click.option(
+        "--allow-insecure-endpoint",
+        is_flag=True,
+        help="Allow a non-https endpoint that is not a loopback address.",
+    ),
+    click.option(
+        "--parallelism",
+        type=click.IntRange(1, 1000),
+        default=10,
+        show_default=True,
+        help="Requests in flight at once.",
+    ),
+    click.option(
+        "--rate",
+        type=click.FloatRange(min=0.01),
+        default=20.0,
+        show_default=True,
+        help="Requests per second at most (the cloud's default quota is 20).",
+    ),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=15.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Per-request timeout (the cloud waits 4-10 s for the device).",
+    ),
+    click.option(
+        "--retries",
+        type=click.IntRange(0, 20),
+        default=3,
+        show_default=True,
+        help="Retries of transient errors per device.",
+    ),
+)

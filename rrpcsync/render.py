@@ -1,0 +1,231 @@
+"""Pure formatting of diagnostics, plans and results: text, JSON, markdown, GitHub annotations."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from rrpcsync.errors import Diagnostic
+from rrpcsync.model import Action, Change, Plan, Summary
+
+MARKDOWN_LIMIT = 60_000  # GitHub comments hold 65,536 characters; leave room for wrappers
+MARKDOWN_MARKER = "<!-- rrpcsync-plan -->"
+SECTION_LINES = 50  # changes listed per manifest in markdown before "… and N more"
+
+_ANSI = {"green": 32, "yellow": 33, "red": 31, "cyan": 36, "bold": 1, "dim": 2}
+SYMBOLS = {
+    Action.CREATE: ("+", "green"),
+    Action.UPDATE: ("~", "yellow"),
+    Action.RETRY: ("↻", "cyan"),
+    Action.ORPHAN: ("-", "red"),
+}
+NO_MANIFEST = "(no longer declared)"
+
+
+def paint(text: str, style: str, color: bool) -> str:
+    return f"\x1b[{_ANSI[style]}m{text}\x1b[0m" if color else text
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def diagnostic_line(diag: Diagnostic) -> str:
+    return f"{diag.location()}: error: {diag.path}: {diag.message}"
+
+
+def diagnostics_json(diags: Sequence[Diagnostic]) -> str:
+    items = [
+        {
+            "file": d.file,
+            "line": d.line,
+            "column": d.column,
+            "path": d.path,
+            "message": d.message,
+        }
+        for d in diags
+    ]
+    return json.dumps(items, indent=2, ensure_ascii=False)
+
+
+def github_annotation(diag: Diagnostic, level: str = "error") -> str:
+    """A workflow command GitHub shows on the file's line (escaped as the runner expects)."""
+    props = f"file={_gh_prop(diag.file)},line={diag.line},col={diag.column}"
+    return f"::{level} {props}::{_gh_data(f'{diag.path}: {diag.message}')}"
+
+
+def _gh_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_prop(text: str) -> str:
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+# --------------------------------------------------------------------------- payload diffs
+
+
+def payload_diff(before: str | None, after: str | None, limit: int = 20) -> list[str]:
+    """Changed keys of two JSON payloads as `path: old → new` lines (whole values otherwise)."""
+    old, new = _as_json(before), _as_json(after)
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines = list(_dict_diff(old, new, ""))
+    else:
+        lines = [f"{_short(before)} → {_short(after)}"]
+    if len(lines) > limit:
+        lines = [*lines[:limit], f"… and {len(lines) - limit} more changed keys"]
+    return lines
+
+
+def _as_json(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _dict_diff(old: dict[str, Any], new: dict[str, Any], prefix: str) -> Iterator[str]:
+    for key in sorted(old.keys() | new.keys()):
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in new:
+            yield f"{path}: {_short_value(old[key])} → (removed)"
+        elif key not in old:
+            yield f"{path}: (absent) → {_short_value(new[key])}"
+        elif isinstance(old[key], dict) and isinstance(new[key], dict):
+            yield from _dict_diff(old[key], new[key], path)
+        elif old[key] != new[key]:
+            yield f"{path}: {_short_value(old[key])} → {_short_value(new[key])}"
+
+
+def _short_value(value: Any) -> str:
+    return _short(json.dumps(value, ensure_ascii=False, sort_keys=True))
+
+
+def _short(text: str | None, width: int = 80) -> str:
+    if text is None:
+        return "(none)"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# --------------------------------------------------------------------------- plan: text
+
+
+def summary_sentence(summary: Summary) -> str:
+    return (
+        f"Plan: {summary.create} to create, {summary.update} to update, "
+        f"{summary.retry} to retry, {summary.orphan} orphaned, {summary.noop} unchanged."
+    )
+
+
+def by_manifest(changes: Iterable[Change]) -> dict[str, list[Change]]:
+    groups: dict[str, list[Change]] = defaultdict(list)
+    for change in changes:
+        groups[change.manifest or NO_MANIFEST].append(change)
+    return dict(sorted(groups.items()))
+
+
+def change_headline(change: Change) -> str:
+    symbol, _ = SYMBOLS[change.action]
+    text = f"{symbol} {change.key}"
+    if change.source:
+        text += f"  ({change.source})"
+    if change.action is Action.RETRY:
+        text += f"  last error: {change.last_error_code or 'unknown'}"
+    if change.action is Action.ORPHAN:
+        text += "  no longer declared; forgotten with --prune, nothing is sent"
+    return text
+
+
+def change_details(change: Change) -> list[str]:
+    if change.action is Action.UPDATE:
+        return payload_diff(change.payload_before, change.payload)
+    if change.action is Action.CREATE:
+        return [_short(change.payload, 120)]
+    return []
+
+
+def plan_text(plan: Plan, *, color: bool = False, prune: bool = False) -> Iterator[str]:
+    if not plan.summary.has_changes:
+        yield f"No changes. {plan.summary.noop} device(s) already match the manifests."
+        return
+    for manifest, changes in by_manifest(plan.changes).items():
+        yield paint(f"{manifest}:", "bold", color)
+        for change in changes:
+            _, style = SYMBOLS[change.action]
+            yield "  " + paint(change_headline(change), style, color)
+            for detail in change_details(change):
+                yield "      " + paint(detail, "dim", color)
+    yield ""
+    yield paint(summary_sentence(plan.summary), "bold", color)
+    if plan.summary.orphan and not prune:
+        yield "Orphaned devices are only reported; `apply --prune` forgets them from the state."
+
+
+# --------------------------------------------------------------------------- plan: markdown
+
+
+def plan_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT, title: str = "rrpcsync plan") -> str:
+    """A pull-request comment: summary table, then one collapsible section per manifest."""
+    summary = plan.summary
+    head = [
+        MARKDOWN_MARKER,
+        f"### {title}",
+        "",
+        "| create | update | retry | orphaned | unchanged |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {summary.create} | {summary.update} | {summary.retry} | {summary.orphan} "
+        f"| {summary.noop} |",
+        "",
+    ]
+    if not summary.has_changes:
+        return "\n".join([*head, "No changes: every device matches the manifests.", ""])
+    footer = "_Run `rrpcsync plan` locally (or see the job log) for the full plan._"
+    budget = limit - len("\n".join(head)) - len(footer) - 200
+    sections, left_out = _markdown_sections(plan.changes, budget)
+    tail = (
+        [f"**{left_out} change(s) not shown here to keep the comment short.**"] if left_out else []
+    )
+    return "\n".join([*head, *sections, *tail, "", footer, ""])
+
+
+def _markdown_sections(changes: Sequence[Change], budget: int) -> tuple[list[str], int]:
+    """Sections that fit in `budget` characters, and how many changes were left out."""
+    lines: list[str] = []
+    used, shown = 0, 0
+    for manifest, group in by_manifest(changes).items():
+        section, listed = _markdown_section(manifest, group)
+        size = sum(len(line) + 1 for line in section)
+        if used + size > budget:
+            continue
+        lines.extend(section)
+        used += size
+        shown += listed
+    return lines, len(changes) - shown
+
+
+def _markdown_section(manifest: str, group: Sequence[Change]) -> tuple[list[str], int]:
+    counts: dict[str, int] = defaultdict(int)
+    for change in group:
+        counts[change.action.value] += 1
+    label = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()))
+    shown = group[:SECTION_LINES]
+    body = ["```diff"]
+    for change in shown:
+        body.append(_md_escape_fence(change_headline(change)))
+        body.extend(_md_escape_fence(f"    {d}") for d in change_details(change)[:5])
+    if len(group) > len(shown):
+        body.append(f"… and {len(group) - len(shown)} more in this manifest")
+    body.append("```")
+    summary = f"<details><summary><b>{_html(manifest)}</b>: {label}</summary>"
+    return [summary, "", *body, "</details>"], len(shown)
+
+
+def _md_escape_fence(text: str) -> str:
+    return text.replace("```", "ˋˋˋ")
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
