@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -20,7 +20,9 @@ from rrpcsync.manifest import LoadResult
 from rrpcsync.model import Plan
 from rrpcsync.options import (
     DEFAULT_PATHS,
+    client_options,
     format_option,
+    lock_timeout_option,
     paths_argument,
     prune_option,
     selection_options,
@@ -323,3 +325,311 @@ def run_guarded(entry: click.Command, args: Sequence[str] | None = None) -> int:
 
 def main() -> NoReturn:
     sys.exit(run_guarded(cli))
+
+
+# --------------------------------------------------------------------------- apply
+
+
+FATAL_HINTS = {
+    "InvalidParameterValue.InvalidAccessToken": "log in again and set RRPCSYNC_ACCESS_TOKEN",
+}
+
+
+def fatal_message(code: str) -> str:
+    if code in FATAL_HINTS:
+        return f"the access token was rejected ({code}); {FATAL_HINTS[code]}"
+    return f"the cloud refused the request ({code}); check the account's rights on this product"
+
+
+def is_saved_plan(paths: Sequence[str]) -> bool:
+    if len(paths) != 1 or not paths[0].endswith(".json") or not Path(paths[0]).is_file():
+        return False
+    try:
+        with open(paths[0], encoding="utf-8") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return '"rrpcsync-plan"' in head or '"format": "rrpcsync-plan"' in head
+
+
+def load_saved_plan(path: str, state: Any) -> tuple[Plan, list[str]]:
+    from rrpcsync.apply import stale_changes
+    from rrpcsync.errors import PlanFileError
+    from rrpcsync.plan import plan_from_document
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PlanFileError(f"{path}: cannot read saved plan: {exc}") from None
+    saved = plan_from_document(doc, path)
+    if saved.lineage != state.lineage:
+        raise PlanFileError(
+            f"{path}: the plan was made for state lineage {saved.lineage}, but "
+            f"{state.path} has lineage {state.lineage}; make a new plan"
+        )
+    return saved, stale_changes(saved, state)
+
+
+def confirm_or_refuse(auto_approve: bool) -> None:
+    if auto_approve:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "refusing to apply without confirmation: stdin is not a terminal; "
+            "review the plan and pass --auto-approve"
+        )
+    if not click.confirm("Apply these changes?", default=False, err=True):
+        raise UsageError("apply cancelled; nothing was sent")
+
+
+def publisher_factory(options: dict[str, Any]) -> Callable[[], Any]:
+    from rrpcsync.client import DEFAULT_ENDPOINT, RrpcClient, check_endpoint, resolve_token
+
+    token = resolve_token(os.environ, options["access_token_file"])
+    endpoint = options["endpoint"] or DEFAULT_ENDPOINT
+    for warning in check_endpoint(endpoint, options["allow_insecure_endpoint"]):
+        info(f"warning: {warning}")
+
+    def make() -> RrpcClient:
+        return RrpcClient(
+            endpoint,
+            token,
+            timeout=options["timeout"],
+            max_connections=options["parallelism"],
+        )
+
+    return make
+
+
+def apply_exit_code(report: Any, stale: Sequence[str]) -> ExitCode:
+    if report.fatal is not None:
+        fail(fatal_message(report.fatal.code or "Unknown"), ExitCode.ERROR)
+    if report.interrupted:
+        return ExitCode.INTERRUPTED
+    if stale:
+        info(f"error: {len(stale)} change(s) of the saved plan were stale and not applied")
+        return ExitCode.ERROR
+    return ExitCode.PARTIAL if report.failed else ExitCode.OK
+
+
+def report_document(report: Any, stale: Sequence[str]) -> dict[str, Any]:
+    return {
+        "applied": sorted(report.applied),
+        "failed": {
+            key: {"code": err.code, "message": err.message, "at": err.at}
+            for key, err in sorted(report.failed.items())
+        },
+        "failed_by_code": dict(report.failures_by_code),
+        "not_sent": sorted(report.not_sent),
+        "unknown": sorted(report.unknown),
+        "stale": sorted(stale),
+        "pruned": sorted(report.pruned),
+        "requests": report.requests,
+        "elapsed_seconds": round(report.elapsed, 3),
+        "interrupted": report.interrupted,
+    }
+
+
+@cli.command(
+    epilog=examples(
+        "rrpcsync apply configs/ --auto-approve",
+        "rrpcsync plan --out plan.json && rrpcsync apply plan.json --auto-approve",
+        "rrpcsync apply --target 'ASBHKN/dev-00*' --parallelism 50 --rate 20",
+        "rrpcsync apply --prune --auto-approve --format json > report.json",
+    )
+)
+@paths_argument
+@state_option
+@click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
+@client_options
+@click.option(
+    "--retry-backoff",
+    type=click.FloatRange(min=0),
+    default=0.5,
+    show_default=True,
+    metavar="SECONDS",
+    help="First retry waits up to this long (full jitter, doubling each retry).",
+)
+@format_option("text", "json")
+@lock_timeout_option
+@selection_options
+@prune_option
+def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options: Any) -> None:
+    """Send the plan's changes (create, update, retry) and record every reply in the state.
+
+    PATHS are manifest files/folders, or one saved plan (`plan --out`). Exit 0 all applied,
+    3 some devices failed, 1 fatal error or stale saved plan, 4 locked, 130 interrupted.
+    """
+    from rrpcsync.apply import ApplyOptions, ApplyReport, apply_changes
+    from rrpcsync.progress import Progress
+    from rrpcsync.state import StateLock, load_state, save_state
+
+    with StateLock(Path(state_path), "apply", timeout=options["lock_timeout"]):
+        state = load_state(Path(state_path))
+        the_plan, stale = plan_for_apply(paths, state, options)
+        json_out = options["output_format"] == "json"
+        show_plan(the_plan, to_stderr=json_out)
+        if not the_plan.summary.has_changes and not stale:
+            if state.replayed:
+                save_state(state)
+            if json_out:
+                out(json.dumps(report_document(ApplyReport(), stale), indent=2))
+            return
+        confirm_or_refuse(auto_approve)
+        make_publisher = publisher_factory(options) if the_plan.summary.to_send else None
+        pruned = prune_orphans(the_plan, state)
+        progress = Progress(sys.stderr, live=sys.stderr.isatty() and not settings().quiet)
+        apply_options = ApplyOptions(
+            parallelism=options["parallelism"],
+            rate=options["rate"],
+            retries=options["retries"],
+            backoff=options["retry_backoff"],
+        )
+        if make_publisher is not None:
+            report = apply_changes(the_plan, state, make_publisher, apply_options, progress, stale)
+        else:
+            report = ApplyReport()
+        report.pruned = pruned
+        report.stale = list(stale)
+        save_state(state)
+    render_report(report, stale, json_out)
+    raise SystemExit(apply_exit_code(report, stale))
+
+
+def plan_for_apply(
+    paths: Sequence[str], state: Any, options: dict[str, Any]
+) -> tuple[Plan, list[str]]:
+    if is_saved_plan(paths):
+        return load_saved_plan(paths[0], state)
+    selection = selection_from(options["targets"], options["excludes"], options["selectors"])
+    try:
+        _, the_plan = compute_plan(paths, state, selection, options["prune"])
+    except ManifestError as error:
+        report_diagnostics(error, "text")
+        raise SystemExit(ExitCode.ERROR) from None
+    return the_plan, []
+
+
+def show_plan(the_plan: Plan, to_stderr: bool) -> None:
+    color = settings().color and not to_stderr
+    for line in render.plan_text(the_plan, color=color, prune=the_plan.prune):
+        click.echo(line, err=to_stderr)
+
+
+def prune_orphans(the_plan: Plan, state: Any) -> list[str]:
+    if not the_plan.prune:
+        return []
+    orphans = [c.key for c in the_plan.changes if c.action.value == "orphan"]
+    for key in orphans:
+        state.devices.pop(key, None)
+    return orphans
+
+
+def render_report(report: Any, stale: Sequence[str], json_out: bool) -> None:
+    if json_out:
+        out(json.dumps(report_document(report, stale), indent=2, ensure_ascii=False))
+        return
+    lines = render.apply_summary(
+        len(report.applied),
+        dict(report.failures_by_code),
+        len(report.not_sent) + len(report.unknown),
+        len(stale),
+        len(report.pruned),
+        report.elapsed,
+        report.requests,
+    )
+    for line in lines:
+        out(line)
+    append_step_summary("\n".join(["### rrpcsync apply", "", *lines, ""]))
+
+
+# --------------------------------------------------------------------------- state
+
+
+@cli.group(
+    epilog=examples(
+        "rrpcsync state list",
+        "rrpcsync state show ASBHKN/dev-001",
+        "rrpcsync state rm ASBHKN/dev-001   # the next apply re-sends it",
+        "rrpcsync state unlock",
+    )
+)
+def state() -> None:
+    """Inspect and edit the state file."""
+
+
+@state.command(
+    "list", epilog=examples("rrpcsync state list", "rrpcsync state list --format json | jq .")
+)
+@state_option
+@format_option("text", "json")
+def state_list(state_path: str, output_format: str) -> None:
+    """List recorded devices with their status, and counts per status."""
+    from collections import Counter
+
+    from rrpcsync.state import load_state
+
+    loaded = load_state(Path(state_path))
+    counts = Counter(record.status.value for record in loaded.devices.values())
+    if output_format == "json":
+        devices = {
+            key: {
+                "status": rec.status.value,
+                "manifest": rec.manifest,
+                "payload_sha256": rec.payload_sha256,
+                "applied_at": rec.applied_at,
+                "last_error": rec.last_error.code if rec.last_error else None,
+            }
+            for key, rec in sorted(loaded.devices.items())
+        }
+        doc = {"lineage": loaded.lineage, "serial": loaded.serial, "counts": dict(counts)}
+        out(json.dumps({**doc, "devices": devices}, indent=2, ensure_ascii=False))
+        return
+    for key, rec in sorted(loaded.devices.items()):
+        error = f"  {rec.last_error.code}" if rec.last_error else ""
+        out(f"{key}  {rec.status.value}  {rec.applied_at or '-'}{error}")
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no devices"
+    info(f"{len(loaded.devices)} device(s): {parts} (serial {loaded.serial})")
+
+
+@state.command("show", epilog=examples("rrpcsync state show ASBHKN/dev-001"))
+@click.argument("key")
+@state_option
+def state_show(key: str, state_path: str) -> None:
+    """Show one device's record, its reply decoded."""
+    from rrpcsync.state import load_state, record_to_dict
+
+    loaded = load_state(Path(state_path))
+    record = loaded.devices.get(key)
+    if record is None:
+        raise UsageError(f"{key} is not in {state_path}")
+    out(json.dumps({key: record_to_dict(record)}, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+@state.command("rm", epilog=examples("rrpcsync state rm ASBHKN/dev-001 ASBHKN/dev-002"))
+@click.argument("keys", nargs=-1, required=True)
+@state_option
+@lock_timeout_option
+def state_rm(keys: tuple[str, ...], state_path: str, lock_timeout: float) -> None:
+    """Forget devices: nothing is sent; the next apply treats them as new."""
+    from rrpcsync.state import StateLock, load_state, save_state
+
+    with StateLock(Path(state_path), "state rm", timeout=lock_timeout):
+        loaded = load_state(Path(state_path))
+        missing = [key for key in keys if key not in loaded.devices]
+        if missing:
+            raise UsageError(f"not in {state_path}: {', '.join(missing)}; nothing was removed")
+        for key in keys:
+            del loaded.devices[key]
+        save_state(loaded)
+    info(f"removed {len(keys)} device(s) from {state_path}")
+
+
+@state.command("unlock", epilog=examples("rrpcsync state unlock", "rrpcsync state unlock --force"))
+@state_option
+@click.option("--force", is_flag=True, help="Remove the lock even if its holder looks alive.")
+def state_unlock(state_path: str, force: bool) -> None:
+    """Remove a stale lock left by a run that died."""
+    from rrpcsync.state import unlock
+
+    info(unlock(Path(state_path), force))

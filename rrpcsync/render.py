@@ -229,3 +229,26 @@ def _md_escape_fence(text: str) -> str:
 
 def _html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# --------------------------------------------------------------------------- apply results
+
+
+def apply_summary(
+    applied: int,
+    failed_by_code: dict[str, int],
+    not_sent: int,
+    stale: int,
+    pruned: int,
+    elapsed: float,
+    requests: int,
+) -> list[str]:
+    failed = sum(failed_by_code.values())
+    rate = requests / elapsed if elapsed > 0 else 0.0
+    lines = [
+        f"Apply: {applied} applied, {failed} failed, {not_sent} not sent, {stale} stale, "
+        f"{pruned} pruned; {requests} request(s) in {elapsed:.1f}s ({rate:.1f}/s)."
+    ]
+    for code, count in sorted(failed_by_code.items(), key=lambda item: (-item[1], item[0])):
+        lines.append(f"  failed {count:>6}  {code}")
+    return lines

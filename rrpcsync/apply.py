@@ -1,0 +1,408 @@
+"""The executor: publish a plan's changes concurrently, rate-limited and retried, journaling
+every result before it counts, then rewrite the state once.
+
+Guarantees (see docs/reliability.md): never two requests in flight to one device (each key is
+one task); a `pending` record is durable before its request leaves; a reply the cloud
+acknowledged is durable in the journal before the device is counted as done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rrpcsync.client import ApiResult, ErrorClass
+from rrpcsync.model import Action, Change, DeviceRecord, ErrorInfo, Plan, Status
+from rrpcsync.state import Journal, State, utc_now
+
+
+class Publisher(Protocol):
+    async def publish(
+        self, product_id: str, device_name: str, payload: str, request_id: str | None = None
+    ) -> ApiResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOptions:
+    parallelism: int = 10
+    rate: float = 20.0
+    retries: int = 3
+    backoff: float = 0.5  # first retry waits up to this long (full jitter, doubling)
+    backoff_max: float = 30.0
+
+
+@dataclass(slots=True)
+class ApplyReport:
+    total: int = 0
+    applied: list[str] = field(default_factory=list)
+    failed: dict[str, ErrorInfo] = field(default_factory=dict)
+    not_sent: list[str] = field(default_factory=list)  # stopped before dispatch (fatal/interrupt)
+    unknown: list[str] = field(default_factory=list)  # in flight when aborted: left pending
+    stale: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    requests: int = 0
+    fatal: ApiResult | None = None
+    interrupted: bool = False
+    elapsed: float = 0.0
+
+    @property
+    def failures_by_code(self) -> Counter[str]:
+        return Counter(error.code for error in self.failed.values())
+
+    @property
+    def effective_rate(self) -> float:
+        return self.requests / self.elapsed if self.elapsed > 0 else 0.0
+
+
+class ProgressSink(Protocol):
+    def started(self, total: int) -> None: ...
+    def result(self, key: str, ok: bool, code: str | None) -> None: ...
+    def finished(self) -> None: ...
+
+
+class NoProgress:
+    def started(self, total: int) -> None:
+        pass
+
+    def result(self, key: str, ok: bool, code: str | None) -> None:
+        pass
+
+    def finished(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- records
+
+
+def pending_record(previous: DeviceRecord | None, change: Change, request_id: str) -> DeviceRecord:
+    base = previous or DeviceRecord(status=Status.PENDING)
+    return dataclasses.replace(
+        base,
+        status=Status.PENDING,
+        target_sha256=change.payload_sha256_after,
+        request_id=request_id,
+        manifest=change.manifest,
+    )
+
+
+def applied_record(change: Change, result: ApiResult, attempts: int) -> DeviceRecord:
+    return DeviceRecord(
+        status=Status.APPLIED,
+        payload_sha256=change.payload_sha256_after,
+        payload=change.payload,
+        target_sha256=change.payload_sha256_after,
+        request_id=result.request_id,
+        message_id=result.message_id,
+        reply_base64=result.reply_base64,
+        reply_text=result.reply_text,
+        applied_at=utc_now(),
+        attempts=attempts,
+        last_error=None,
+        manifest=change.manifest,
+    )
+
+
+def failed_record(
+    previous: DeviceRecord | None, change: Change, result: ApiResult, attempts: int
+) -> DeviceRecord:
+    """Keeps what the device last acknowledged; a failed update never erases it."""
+    base = previous or DeviceRecord(status=Status.FAILED)
+    error = ErrorInfo(result.code or "Unknown", result.message or "", utc_now())
+    return dataclasses.replace(
+        base,
+        status=Status.FAILED,
+        target_sha256=change.payload_sha256_after,
+        request_id=result.request_id,
+        attempts=attempts,
+        last_error=error,
+        manifest=change.manifest,
+    )
+
+
+# --------------------------------------------------------------------------- pacing
+
+
+class RateLimiter:
+    """Smooth pacing: request starts are at least 1/rate apart, so no burst ever exceeds rate."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1.0 / rate
+        self.clock = clock
+        self.next_slot = clock()
+
+    async def acquire(self) -> None:
+        now = self.clock()
+        slot = max(now, self.next_slot)
+        self.next_slot = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+    def pause(self, seconds: float) -> None:
+        """The cloud said slow down: no request starts for `seconds`."""
+        self.next_slot = max(self.next_slot, self.clock() + seconds)
+
+
+def backoff_delay(attempt: int, result: ApiResult, options: ApplyOptions) -> float:
+    """Exponential backoff with full jitter, never shorter than the server's Retry-After."""
+    ceiling = min(options.backoff_max, options.backoff * (2 ** (attempt - 1)))
+    delay = random.uniform(0, ceiling)
+    if result.retry_after is not None:
+        delay = max(delay, min(result.retry_after, options.backoff_max))
+    return delay
+
+
+# --------------------------------------------------------------------------- journaling
+
+
+class GroupCommit:
+    """Batches journal writes from concurrent workers into one write + fsync per batch."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.batch: list[tuple[str, DeviceRecord]] = []
+        self.waiters: list[asyncio.Future[None]] = []
+        self.flushing: asyncio.Task[None] | None = None
+
+    async def write(self, key: str, record: DeviceRecord) -> None:
+        """Returns once the record is on disk."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.batch.append((key, record))
+        self.waiters.append(future)
+        if self.flushing is None or self.flushing.done():
+            self.flushing = asyncio.ensure_future(self._flush_loop())
+        await asyncio.shield(future)
+
+    async def _flush_loop(self) -> None:
+        while self.batch:
+            batch, waiters = self.batch, self.waiters
+            self.batch, self.waiters = [], []
+            try:
+                await asyncio.to_thread(self.journal.append_many, batch)
+            except BaseException as exc:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                raise
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
+# --------------------------------------------------------------------------- executor
+
+
+class Executor:
+    def __init__(
+        self,
+        changes: Sequence[Change],
+        state: State,
+        publisher: Publisher,
+        commit: GroupCommit,
+        options: ApplyOptions,
+        progress: ProgressSink,
+    ) -> None:
+        self.changes = changes
+        self.state = state
+        self.publisher = publisher
+        self.commit = commit
+        self.options = options
+        self.progress = progress
+        self.limiter = RateLimiter(options.rate)
+        self.report = ApplyReport(total=len(changes))
+        self.stopping = False  # no new dispatch (fatal error or first interrupt)
+        self.results: dict[str, DeviceRecord] = {}
+
+    async def run(self) -> ApplyReport:
+        queue: asyncio.Queue[Change] = asyncio.Queue()
+        for change in self.changes:
+            queue.put_nowait(change)
+        workers = [
+            asyncio.ensure_future(self._worker(queue))
+            for _ in range(min(self.options.parallelism, len(self.changes)))
+        ]
+        self.progress.started(len(self.changes))
+        try:
+            await asyncio.gather(*workers)
+        except asyncio.CancelledError:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+        finally:
+            self._account_unsent(queue)
+        return self.report
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def _account_unsent(self, queue: asyncio.Queue[Change]) -> None:
+        while not queue.empty():
+            self.report.not_sent.append(queue.get_nowait().key)
+
+    async def _worker(self, queue: asyncio.Queue[Change]) -> None:
+        while not self.stopping and not queue.empty():
+            change = queue.get_nowait()
+            try:
+                await self._send(change)
+            except asyncio.CancelledError:
+                self.report.unknown.append(change.key)
+                raise
+
+    async def _send(self, change: Change) -> None:
+        key = change.key
+        previous = self.state.devices.get(key)
+        product_id, _, device_name = key.partition("/")
+        attempts = 0
+        while True:
+            attempts += 1
+            request_id = str(uuid.uuid4())
+            await self.limiter.acquire()
+            pending = pending_record(previous, change, request_id)
+            await self.commit.write(key, pending)
+            self.results[key] = pending  # outcome unknown until the reply is journaled
+            assert change.payload is not None
+            self.report.requests += 1
+            result = await self.publisher.publish(
+                product_id, device_name, change.payload, request_id
+            )
+            if not self._should_retry(result, attempts):
+                break
+            delay = backoff_delay(attempts, result, self.options)
+            if result.code and result.code.startswith("RequestLimitExceeded"):
+                self.limiter.pause(delay)
+            await asyncio.sleep(delay)
+            if self.stopping:
+                break
+        await self._record(change, previous, result, attempts)
+
+    def _should_retry(self, result: ApiResult, attempts: int) -> bool:
+        if result.ok or result.error_class is not ErrorClass.TRANSIENT:
+            return False
+        return attempts <= self.options.retries and not self.stopping
+
+    async def _record(
+        self, change: Change, previous: DeviceRecord | None, result: ApiResult, attempts: int
+    ) -> None:
+        if result.ok:
+            record = applied_record(change, result, attempts)
+        else:
+            record = failed_record(previous, change, result, attempts)
+        await self.commit.write(change.key, record)  # durable before it counts
+        self.results[change.key] = record
+        if result.ok:
+            self.report.applied.append(change.key)
+        else:
+            assert record.last_error is not None
+            self.report.failed[change.key] = record.last_error
+            if result.error_class is ErrorClass.FATAL and self.report.fatal is None:
+                self.report.fatal = result
+                self.stop()
+        self.progress.result(change.key, result.ok, result.code)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def stale_changes(plan: Plan, state: State) -> list[str]:
+    """Changes of a saved plan whose base no longer matches the state (another run moved on)."""
+    stale = []
+    for change in plan.changes:
+        record = state.devices.get(change.key)
+        if (record.payload_sha256 if record else None) != change.payload_sha256_before:
+            stale.append(change.key)
+    return stale
+
+
+PublisherFactory = Callable[[], "AsyncPublisherContext"]
+
+
+class AsyncPublisherContext(Protocol):
+    async def __aenter__(self) -> Publisher: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
+def apply_changes(
+    plan: Plan,
+    state: State,
+    make_publisher: PublisherFactory,
+    options: ApplyOptions,
+    progress: ProgressSink | None = None,
+    skip: Iterable[str] = (),
+) -> ApplyReport:
+    """Send the plan's create/update/retry changes and record every outcome in `state`.
+
+    The caller saves the state afterwards (this function journals as it goes).
+    """
+    skipped = set(skip)
+    to_send = [c for c in plan.changes if c.action.sends and c.key not in skipped]
+    journal = Journal.open(state)
+    started = time.monotonic()
+    try:
+        report = asyncio.run(_run(to_send, state, make_publisher, journal, options, progress))
+    finally:
+        journal.close()
+    report.elapsed = time.monotonic() - started
+    return report
+
+
+async def _run(
+    changes: Sequence[Change],
+    state: State,
+    make_publisher: PublisherFactory,
+    journal: Journal,
+    options: ApplyOptions,
+    progress: ProgressSink | None,
+) -> ApplyReport:
+    sink = progress or NoProgress()
+    async with make_publisher() as publisher:
+        executor = Executor(changes, state, publisher, GroupCommit(journal), options, sink)
+        task = asyncio.ensure_future(executor.run())
+        with _signals(executor, task):
+            try:
+                report = await task
+            except asyncio.CancelledError:
+                report = executor.report
+                report.interrupted = True
+        state.devices.update(executor.results)
+    sink.finished()
+    return report
+
+
+class _signals:
+    """First SIGINT/SIGTERM: stop dispatching, let in-flight finish. Second: cancel in-flight."""
+
+    def __init__(self, executor: Executor, task: asyncio.Future[ApplyReport]) -> None:
+        self.executor = executor
+        self.task = task
+        self.count = 0
+        self.installed: list[signal.Signals] = []
+
+    def __enter__(self) -> _signals:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self._handle)
+                self.installed.append(signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (tests) or not supported
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self.installed:
+            loop.remove_signal_handler(signum)
+
+    def _handle(self) -> None:
+        self.count += 1
+        self.executor.report.interrupted = True
+        self.executor.stop()
+        if self.count > 1:
+            self.task.cancel()
