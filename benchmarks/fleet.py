@@ -31,7 +31,7 @@ def manifest_yaml(index: int, devices: int, rng: random.Random) -> str:
             lines.append(f"    - {name}")
         elif roll < 0.85:
             lines.append(f"    - name: {name}")
-            lines.append(f"      labels: {{floor: \"{number % 9}\"}}")
+            lines.append(f'      labels: {{floor: "{number % 9}"}}')
         else:
             lines.append(f"    - name: {name}")
             lines.append("      payload:")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from rrpcsync.client import ApiResult, ErrorClass
-from rrpcsync.model import Action, Change, DeviceRecord, ErrorInfo, Plan, Status
+from rrpcsync.model import Change, DeviceRecord, ErrorInfo, Plan, Status
 from rrpcsync.state import Journal, State, utc_now
 
 

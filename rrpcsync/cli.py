@@ -30,6 +30,7 @@ from rrpcsync.options import (
 )
 from rrpcsync.plan import Selection, make_plan, plan_document
 
+NEW_STATE = ""  # the lineage of a plan made when the state file did not exist yet
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -170,7 +171,7 @@ def compute_plan(
     plan = make_plan(
         desired.devices,
         state.devices,
-        lineage=state.lineage,
+        lineage=state.lineage if state.exists else NEW_STATE,
         serial=state.serial,
         prune=prune,
         selection=selection,
@@ -362,7 +363,12 @@ def load_saved_plan(path: str, state: Any) -> tuple[Plan, list[str]]:
     except (OSError, ValueError) as exc:
         raise PlanFileError(f"{path}: cannot read saved plan: {exc}") from None
     saved = plan_from_document(doc, path)
-    if saved.lineage != state.lineage:
+    if saved.lineage == NEW_STATE and state.exists:
+        raise PlanFileError(
+            f"{path}: the plan was made before {state.path} existed, and another run has "
+            "written it since; make a new plan"
+        )
+    if saved.lineage not in (NEW_STATE, state.lineage):
         raise PlanFileError(
             f"{path}: the plan was made for state lineage {saved.lineage}, but "
             f"{state.path} has lineage {state.lineage}; make a new plan"
@@ -633,3 +639,48 @@ def state_unlock(state_path: str, force: bool) -> None:
     from rrpcsync.state import unlock
 
     info(unlock(Path(state_path), force))
+
+
+# --------------------------------------------------------------------------- emulator / demo
+
+
+@cli.command(
+    epilog=examples(
+        "rrpcsync emulator --port 8080",
+        "rrpcsync emulator --fleet examples/emulator/fleet.yaml",
+        "RRPCSYNC_ENDPOINT=http://127.0.0.1:8080/ rrpcsync apply --auto-approve",
+    )
+)
+@click.option(
+    "--fleet", type=click.Path(exists=True, dir_okay=False), help="Fleet file (YAML) of devices."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+def emulator(fleet: str | None, host: str, port: int) -> None:
+    """Run the local stand-in for the cloud API (AppPublishRRPCMessage) until Ctrl-C.
+
+    Without --fleet every device exists and answers {"code":0}; the token is emulator-token.
+    """
+    from rrpcsync.emulator import FleetError, load_fleet, main_blocking
+
+    try:
+        loaded = load_fleet(fleet) if fleet else load_fleet({"auto_devices": True})
+    except FleetError as exc:
+        raise UsageError(str(exc)) from None
+    main_blocking(loaded, host, port, on_ready=lambda url: info(f"emulator listening on {url}"))
+
+
+@cli.command(epilog=examples("rrpcsync demo", "rrpcsync demo --keep"))
+@click.option("--keep", is_flag=True, help="Keep the temporary folder to look around.")
+def demo(keep: bool) -> None:
+    """Validate, plan and apply the example fleet against the emulator, offline.
+
+    Edits one manifest and shows that the next apply sends exactly one message.
+    """
+    from rrpcsync.demo import run_demo
+
+    def run(args: Sequence[str]) -> int:
+        return run_guarded(cli, list(args))
+
+    code = run_demo(run, lambda line: click.echo(line), keep=keep)
+    raise SystemExit(code)

@@ -205,7 +205,7 @@ def plan_document(plan: Plan, *, created_at: str, include_payloads: bool = True)
         "format": PLAN_FORMAT,
         "format_version": PLAN_FORMAT_VERSION,
         "created_at": created_at,
-        "lineage": plan.lineage,
+        "lineage": plan.lineage or None,  # null: planned against a state not yet created
         "serial": plan.serial,
         "prune": plan.prune,
         "summary": {
@@ -246,7 +246,7 @@ def plan_from_document(doc: Any, source: str) -> Plan:
         )
     try:
         changes = tuple(_change_from_document(item) for item in doc["changes"])
-        lineage, serial = str(doc["lineage"]), int(doc["serial"])
+        lineage, serial = str(doc["lineage"] or ""), int(doc["serial"])
         prune = bool(doc.get("prune", False))
     except (KeyError, TypeError, ValueError) as exc:
         raise PlanFileError(f"{source}: malformed saved plan ({exc!r})") from None

@@ -21,7 +21,9 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def device(key: str, payload: str = '{"a":1}', manifest: str = "m1", **labels: str) -> DesiredDevice:
+def device(
+    key: str, payload: str = '{"a":1}', manifest: str = "m1", **labels: str
+) -> DesiredDevice:
     product, _, name = key.partition("/")
     return DesiredDevice(key, product, name, manifest, payload, sha(payload), "f.yaml", 3, labels)
 
@@ -30,7 +32,9 @@ def applied(payload: str) -> DeviceRecord:
     return DeviceRecord(Status.APPLIED, sha(payload), payload, sha(payload), manifest="m1")
 
 
-def failed(acked: str | None, target: str, code: str = "FailedOperation.DeviceOffline") -> DeviceRecord:
+def failed(
+    acked: str | None, target: str, code: str = "FailedOperation.DeviceOffline"
+) -> DeviceRecord:
     return DeviceRecord(
         Status.FAILED,
         sha(acked) if acked else None,

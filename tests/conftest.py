@@ -1,0 +1,53 @@
+"""Shared fixtures: the cloud emulator on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rrpcsync.emulator import Emulator, Fleet
+
+FLEET_TOKEN = "emulator-token"
+
+StartEmulator = Callable[..., Emulator]
+
+
+@pytest.fixture
+def fleet_token() -> str:
+    """The access token the `emulator` fixture's fleets accept unless they set another."""
+    return FLEET_TOKEN
+
+
+@pytest.fixture
+def emulator() -> Iterator[StartEmulator]:
+    """Start emulators: `emu = emulator({"devices": {"P1/d1": {"reply": "ok"}}})`.
+
+    Takes a fleet dict (its token defaults to FLEET_TOKEN), a fleet file path or a Fleet, plus
+    Emulator keyword arguments. Every emulator started is stopped at teardown.
+    """
+    started: list[Emulator] = []
+
+    def start(
+        fleet: Mapping[str, Any] | str | Path | Fleet | None = None, **kwargs: Any
+    ) -> Emulator:
+        if fleet is None or isinstance(fleet, Mapping):
+            fleet = {"token": FLEET_TOKEN, **(fleet or {})}
+        emu = Emulator(fleet, host="127.0.0.1", port=0, **kwargs)
+        started.append(emu.start())
+        return emu
+
+    yield start
+    for emu in reversed(started):
+        emu.stop()
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach the real cloud: unless a test points elsewhere, the endpoint is a
+    closed port on 127.0.0.1. CI variables of the machine running the tests are cleared."""
+    monkeypatch.setenv("RRPCSYNC_ENDPOINT", "http://127.0.0.1:9/")
+    for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "RRPCSYNC_STATE", "NO_COLOR"):
+        monkeypatch.delenv(name, raising=False)
