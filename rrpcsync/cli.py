@@ -163,11 +163,18 @@ def schema() -> None:
 
 def compute_plan(
     paths: Sequence[str],
-    state: Any,
+    state_path: str,
     selection: Selection,
     prune: bool,
-) -> tuple[LoadResult, Plan]:
-    desired = load_valid(paths)
+) -> tuple[Any, Plan]:
+    """Load the state (while worker processes parse the manifests) and diff the two."""
+    from rrpcsync.state import load_state
+
+    desired, state = manifest.load_manifests_while(
+        paths or DEFAULT_PATHS, lambda: load_state(Path(state_path))
+    )
+    if not desired.ok:
+        raise ManifestError(desired.diagnostics, manifest.summary_line(desired))
     plan = make_plan(
         desired.devices,
         state.devices,
@@ -176,7 +183,7 @@ def compute_plan(
         prune=prune,
         selection=selection,
     )
-    return desired, plan
+    return state, plan
 
 
 def selection_from(
@@ -273,12 +280,9 @@ def plan(
 
     Reads the state but never writes it. Invalid manifests print the validate output, exit 1.
     """
-    from rrpcsync.state import load_state
-
     selection = selection_from(targets, excludes, selectors)
-    state = load_state(Path(state_path))
     try:
-        _, the_plan = compute_plan(paths, state, selection, prune)
+        _, the_plan = compute_plan(paths, state_path, selection, prune)
     except ManifestError as error:
         report_diagnostics(error, "text")
         raise SystemExit(ExitCode.ERROR) from None
@@ -466,24 +470,48 @@ def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options
     PATHS are manifest files/folders, or one saved plan (`plan --out`). Exit 0 all applied,
     3 some devices failed, 1 fatal error or stale saved plan, 4 locked, 130 interrupted.
     """
-    from rrpcsync.apply import ApplyOptions, ApplyReport, apply_changes
-    from rrpcsync.progress import Progress
-    from rrpcsync.state import StateLock, load_state, save_state
+    from rrpcsync.state import StateLock, save_state
 
+    json_out = options["output_format"] == "json"
     with StateLock(Path(state_path), "apply", timeout=options["lock_timeout"]):
-        state = load_state(Path(state_path))
-        the_plan, stale = plan_for_apply(paths, state, options)
-        json_out = options["output_format"] == "json"
+        state, the_plan, stale = plan_for_apply(paths, state_path, options)
         show_plan(the_plan, to_stderr=json_out)
         if not the_plan.summary.has_changes and not stale:
             if state.replayed:
-                save_state(state)
+                save_state(state)  # fold a killed run's journal in
             if json_out:
-                out(json.dumps(report_document(ApplyReport(), stale), indent=2))
+                out(json.dumps(NO_CHANGES_REPORT, indent=2))
             return
         confirm_or_refuse(auto_approve)
-        make_publisher = publisher_factory(options) if the_plan.summary.to_send else None
-        pruned = prune_orphans(the_plan, state)
+        report = execute(the_plan, state, stale, options)
+        save_state(state)
+    render_report(report, stale, json_out)
+    raise SystemExit(apply_exit_code(report, stale))
+
+
+NO_CHANGES_REPORT: dict[str, Any] = {
+    "applied": [],
+    "failed": {},
+    "failed_by_code": {},
+    "not_sent": [],
+    "unknown": [],
+    "stale": [],
+    "pruned": [],
+    "requests": 0,
+    "elapsed_seconds": 0.0,
+    "interrupted": False,
+}
+
+
+def execute(the_plan: Plan, state: Any, stale: Sequence[str], options: dict[str, Any]) -> Any:
+    """Prune, then send; imported late so that a no-op apply never loads the HTTP stack."""
+    from rrpcsync.apply import ApplyOptions, ApplyReport, apply_changes
+    from rrpcsync.progress import Progress
+
+    make_publisher = publisher_factory(options) if the_plan.summary.to_send else None
+    pruned = prune_orphans(the_plan, state)
+    report = ApplyReport()
+    if make_publisher is not None:
         progress = Progress(sys.stderr, live=sys.stderr.isatty() and not settings().quiet)
         apply_options = ApplyOptions(
             parallelism=options["parallelism"],
@@ -491,29 +519,27 @@ def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options
             retries=options["retries"],
             backoff=options["retry_backoff"],
         )
-        if make_publisher is not None:
-            report = apply_changes(the_plan, state, make_publisher, apply_options, progress, stale)
-        else:
-            report = ApplyReport()
-        report.pruned = pruned
-        report.stale = list(stale)
-        save_state(state)
-    render_report(report, stale, json_out)
-    raise SystemExit(apply_exit_code(report, stale))
+        report = apply_changes(the_plan, state, make_publisher, apply_options, progress, stale)
+    report.pruned = pruned
+    report.stale = list(stale)
+    return report
 
 
 def plan_for_apply(
-    paths: Sequence[str], state: Any, options: dict[str, Any]
-) -> tuple[Plan, list[str]]:
+    paths: Sequence[str], state_path: str, options: dict[str, Any]
+) -> tuple[Any, Plan, list[str]]:
     if is_saved_plan(paths):
-        return load_saved_plan(paths[0], state)
+        from rrpcsync.state import load_state
+
+        state = load_state(Path(state_path))
+        return (state, *load_saved_plan(paths[0], state))
     selection = selection_from(options["targets"], options["excludes"], options["selectors"])
     try:
-        _, the_plan = compute_plan(paths, state, selection, options["prune"])
+        state, the_plan = compute_plan(paths, state_path, selection, options["prune"])
     except ManifestError as error:
         report_diagnostics(error, "text")
         raise SystemExit(ExitCode.ERROR) from None
-    return the_plan, []
+    return state, the_plan, []
 
 
 def show_plan(the_plan: Plan, to_stderr: bool) -> None:
@@ -661,13 +687,13 @@ def emulator(fleet: str | None, host: str, port: int) -> None:
 
     Without --fleet every device exists and answers {"code":0}; the token is emulator-token.
     """
-    from rrpcsync.emulator import FleetError, load_fleet, main_blocking
+    from rrpcsync.emulator import EmulatorError, load_fleet, main_blocking
 
     try:
         loaded = load_fleet(fleet) if fleet else load_fleet({"auto_devices": True})
-    except FleetError as exc:
+        main_blocking(loaded, host, port, on_ready=lambda url: info(f"emulator listening on {url}"))
+    except EmulatorError as exc:  # bad fleet file, busy port, non-loopback host
         raise UsageError(str(exc)) from None
-    main_blocking(loaded, host, port, on_ready=lambda url: info(f"emulator listening on {url}"))
 
 
 @cli.command(epilog=examples("rrpcsync demo", "rrpcsync demo --keep"))

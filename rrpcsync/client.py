@@ -64,7 +64,9 @@ class ErrorClass(str, enum.Enum):
     DEVICE = "device"  # record `failed` for this device and go on
 
 
-_FATAL_CODES = frozenset({"InvalidParameterValue.InvalidAccessToken"})
+# Transport.CertificateError: TLS verification failed, which no retry fixes (and no request
+# was sent: the token never left).
+_FATAL_CODES = frozenset({"InvalidParameterValue.InvalidAccessToken", "Transport.CertificateError"})
 _FATAL_PREFIXES = ("UnauthorizedOperation",)
 _TRANSIENT_PREFIXES = ("InternalError", "RequestLimitExceeded", "Transport.", "Protocol.")
 _DEVICE_CODES = frozenset(
@@ -102,7 +104,7 @@ def classify(code: str, http_status: int | None = None) -> ErrorClass:
 
 def _status_in_code(code: str) -> int | None:
     prefix, _, digits = code.partition(".")
-    if prefix == "HTTP" and digits.isdigit() and len(digits) == 3:
+    if prefix == "HTTP" and len(digits) == 3 and digits.isascii() and digits.isdigit():
         return int(digits)
     return None
 
@@ -304,7 +306,7 @@ def _error_of(error: Any) -> tuple[str, str]:
 def _message_id_of(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and 0 < len(value) <= 20 and value.isascii() and value.isdigit():
         return int(value)
     return None
 
@@ -639,7 +641,28 @@ def transport_error_code(exc: BaseException) -> str | None:
     mapped = to_httpx_error(exc)
     if mapped is None:
         return None
+    if _is_certificate_error(exc):
+        return "Transport.CertificateError"
     return next(code for kind, code in _TRANSPORT_CODES if isinstance(mapped, kind))
+
+
+_CERTIFICATE_ERRORS = (
+    ssl.SSLCertVerificationError,
+    aiohttp.ClientConnectorCertificateError,
+    aiohttp.ServerFingerprintMismatch,
+)
+
+
+def _is_certificate_error(exc: BaseException) -> bool:
+    """Whether TLS verification failed somewhere in the exception's chain of causes."""
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None:
+            return False
+        if isinstance(current, _CERTIFICATE_ERRORS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class RrpcClient:
@@ -732,7 +755,7 @@ class RrpcClient:
 
     def _log_result(self, product_id: str, device_name: str, result: ApiResult) -> None:
         log.debug(
-            "response %s %s/%s: status=%s code=%s class=%s elapsed=%.3fs",
+            "response %s %s/%s: status=%s code=%s class=%s elapsed=%.3fs %s",
             result.request_id,
             product_id,
             device_name,
@@ -740,6 +763,7 @@ class RrpcClient:
             result.code or "OK",
             result.error_class.value if result.error_class else "-",
             result.elapsed,
+            result.message or "",
         )
 
 

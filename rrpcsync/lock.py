@@ -51,10 +51,13 @@ class StateLock:
         """Take the lock, polling up to `timeout` seconds; raise LockedError naming the holder."""
         if self._fd is not None:
             return
-        fd = self._wait_for_lock()
-        warn_if_taking_over(self.path, read_holder_fd(fd))
-        write_holder(fd, holder_info(self.command))
-        self._fd = fd
+        self._fd = self._wait_for_lock()
+        try:
+            warn_if_taking_over(self.path, read_holder_fd(self._fd))
+            write_holder(self._fd, holder_info(self.command))
+        except OSError as exc:
+            self.release()
+            raise StateError(f"cannot write lock file {self.path}: {exc.strerror}") from None
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
@@ -239,9 +242,11 @@ def warn_if_taking_over(path: Path, previous: Mapping[str, Any] | None) -> None:
     # behind by a run that died (SIGKILL, power loss) while holding it.
     if previous:
         log.warning(
-            "took over a stale lock left by pid %s (%s): that run died without unlocking",
+            "took over a stale lock left by pid %s (%s on %s, since %s): it died without unlocking",
             previous.get("pid"),
-            describe_holder(previous),
+            previous.get("command"),
+            previous.get("host"),
+            previous.get("started"),
         )
 
 
@@ -273,8 +278,8 @@ def _unlock_open_file(fd: int, path: Path, state_path: Path, force: bool) -> str
         return f"removed a stale lock {path} of {who}: that process is no longer running"
     if not force:
         raise LockedError(
-            f"state {state_path} is locked by {who}, which looks alive; wait for it, or use "
-            "`rrpcsync state unlock --force` if you are sure that run is gone"
+            f"state {state_path} is locked by {who}, which may still be running; wait for it, or "
+            "use `rrpcsync state unlock --force` if you are sure that run is gone"
         )
     unlink_quietly(path)
     return (

@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from rrpcsync.errors import Diagnostic
 from rrpcsync.model import EMPTY_LABELS, DesiredDevice
+
+T = TypeVar("T")
 
 API_VERSION = "rrpcsync/v1"
 MAX_PAYLOAD_BYTES = 65_536  # MQTT message limit (InvalidParameterValue.PayloadOverLimit)
@@ -222,7 +224,14 @@ PARALLEL_MIN_FILES = 64  # below this, starting workers costs more than it saves
 
 
 def load_manifests(paths: Sequence[str | os.PathLike[str]], jobs: int | None = None) -> LoadResult:
-    """Load, validate and expand every manifest under `paths`; collect every problem.
+    """Load, validate and expand every manifest under `paths`; collect every problem."""
+    return load_manifests_while(paths, lambda: None, jobs)[0]
+
+
+def load_manifests_while(
+    paths: Sequence[str | os.PathLike[str]], during: Callable[[], T], jobs: int | None = None
+) -> tuple[LoadResult, T]:
+    """Load manifests, running `during()` (e.g. reading the state) while workers parse.
 
     Large trees are parsed by `jobs` worker processes (default: one per core); results are
     merged in file order, so output is the same whatever the number of workers.
@@ -231,12 +240,14 @@ def load_manifests(paths: Sequence[str | os.PathLike[str]], jobs: int | None = N
     result = LoadResult(diagnostics=problems)
     jobs = jobs if jobs is not None else (os.cpu_count() or 1)
     if jobs > 1 and len(files) >= PARALLEL_MIN_FILES:
-        for packed in _load_parallel(files, jobs):
-            result.extend(_unpack(packed))
+        parts, side = _load_parallel(files, jobs, during)
+        for part in parts:
+            result.extend(part)
     else:
+        side = during()
         result.extend(load_files(files))
     result.diagnostics.extend(cross_file_problems(result))
-    return result
+    return result, side
 
 
 def load_files(files: Sequence[Path]) -> LoadResult:
@@ -246,10 +257,9 @@ def load_files(files: Sequence[Path]) -> LoadResult:
     return result
 
 
-_Packed = tuple[list[tuple[Any, ...]], list[ManifestInfo], list[Diagnostic], int]
-
-
-def _load_parallel(files: Sequence[Path], jobs: int) -> list[_Packed]:
+def _load_parallel(
+    files: Sequence[Path], jobs: int, during: Callable[[], T]
+) -> tuple[list[LoadResult], T]:
     import multiprocessing
     import threading
 
@@ -261,32 +271,9 @@ def _load_parallel(files: Sequence[Path], jobs: int) -> list[_Packed]:
     single = threading.active_count() == 1
     method = "fork" if single and "fork" in methods else "spawn"
     with multiprocessing.get_context(method).Pool(jobs) as pool:
-        return pool.map(_load_packed, parts)
-
-
-def _load_packed(files: Sequence[Path]) -> _Packed:
-    """Worker side: tuples pickle several times faster than frozen dataclasses."""
-    result = load_files(files)
-    devices = [
-        (
-            d.key,
-            d.product_id,
-            d.device_name,
-            d.manifest,
-            d.payload,
-            d.payload_sha256,
-            d.file,
-            d.line,
-            d.labels,
-        )
-        for d in result.devices
-    ]
-    return devices, result.manifests, result.diagnostics, result.files
-
-
-def _unpack(packed: _Packed) -> LoadResult:
-    devices, manifests, diagnostics, files = packed
-    return LoadResult([DesiredDevice(*row) for row in devices], manifests, diagnostics, files)
+        pending = pool.map_async(load_files, parts)
+        side = during()
+        return pending.get(), side
 
 
 def load_file(path: Path) -> LoadResult:

@@ -22,7 +22,10 @@ PLAN_FORMAT_VERSION = 1
 
 def change_for(device: DesiredDevice, record: DeviceRecord | None) -> Change:
     """What apply must do so that `device` ends with its desired payload."""
-    action = _action(device.payload_sha256, record)
+    return _change(device, record, _action(device.payload_sha256, record))
+
+
+def _change(device: DesiredDevice, record: DeviceRecord | None, action: Action) -> Change:
     return Change(
         key=device.key,
         action=action,
@@ -80,15 +83,18 @@ def make_plan(
     changes: list[Change] = []
     unchanged: Counter[str] = Counter()
     declared: set[str] = set()
+    everything = selection.everything
     for device in desired:
-        declared.add(device.key)
-        if not selection.matches(device.key, device.labels):
+        key = device.key
+        declared.add(key)
+        if not everything and not selection.matches(key, device.labels):
             continue
-        change = change_for(device, records.get(device.key))
-        if change.action is Action.NOOP:
+        record = records.get(key)
+        action = _action(device.payload_sha256, record)
+        if action is Action.NOOP:  # the common case at scale: no Change object for it
             unchanged[device.manifest] += 1
         else:
-            changes.append(change)
+            changes.append(_change(device, record, action))
     for key in sorted(records.keys() - declared):
         if selection.matches_orphan(key):
             changes.append(orphan_change(key, records[key]))

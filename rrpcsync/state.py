@@ -376,8 +376,10 @@ def _backup_hint(path: Path) -> str:
 def _header(doc: object) -> tuple[str, int, dict[str, object]]:
     if not isinstance(doc, dict):
         raise StateError(f"not a rrpcsync state file: expected a JSON object, not {json_type(doc)}")
-    if doc.get("format") != FORMAT:
-        found = json.dumps(doc["format"]) if "format" in doc else "missing"
+    if "format" not in doc:
+        raise StateError(f'not a rrpcsync state file: it has no "format": "{FORMAT}"')
+    if doc["format"] != FORMAT:
+        found = json.dumps(doc["format"], ensure_ascii=False)
         raise StateError(f'not a rrpcsync state file: "format" is {found}, not "{FORMAT}"')
     _check_version(doc.get("version"))
     if doc.keys() != set(HEADER_FIELDS):
@@ -452,6 +454,8 @@ def _warn(state: State, message: str) -> None:
 def _journal_entry(
     state: State, path: Path, number: int, line: bytes, is_last: bool
 ) -> dict[str, Any] | None:
+    if not line.strip():
+        return None  # a blank line (an editor's) holds no entry
     try:
         entry = json.loads(line)
     except ValueError as exc:  # JSONDecodeError or UnicodeDecodeError
@@ -480,8 +484,11 @@ def _replay_entry(state: State, path: Path, number: int, entry: dict[str, Any]) 
 def _entry_record(state: State, entry: dict[str, Any]) -> tuple[str, DeviceRecord | None]:
     """The entry's key and record; record None if the state already contains it."""
     version = entry.get("v")
-    if not is_int(version) or version > JOURNAL_VERSION:
-        raise StateError(f"journal entry version {version!r}: written by a newer rrpcsync?")
+    if version != JOURNAL_VERSION:
+        raise StateError(
+            f"journal entry version {json.dumps(version)}, not {JOURNAL_VERSION} "
+            "(written by a newer rrpcsync?)"
+        )
     _check_lineage(state, entry.get("lineage"))
     key = entry.get("key")
     if not isinstance(key, str):
@@ -741,6 +748,7 @@ class Journal:
     def append(self, key: str, record: DeviceRecord) -> None:
         line = journal_line(self.state.lineage, self.state.serial, key, record)
         with self._lock:
+            self._check_open()
             self._pending.append(line)
 
     def append_many(self, items: Iterable[tuple[str, DeviceRecord]]) -> None:
@@ -748,6 +756,7 @@ class Journal:
         lineage, serial = self.state.lineage, self.state.serial
         lines = [journal_line(lineage, serial, key, record) for key, record in items]
         with self._lock:
+            self._check_open()
             self._pending.extend(lines)
             self._flush_pending()
 
@@ -771,11 +780,13 @@ class Journal:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _flush_pending(self) -> None:
-        if not self._pending:
-            return
+    def _check_open(self) -> None:
         if self._fd is None:
-            raise StateError(f"journal {self.path} is closed")
+            raise ValueError(f"journal {self.path} is closed")
+
+    def _flush_pending(self) -> None:
+        if not self._pending or self._fd is None:
+            return
         data = b"".join(self._pending)
         try:
             self._fd = _reopen_if_removed(self._fd, self.path)
@@ -842,18 +853,18 @@ def drop_torn_tail(path: Path) -> None:
 
 
 def _end_of_valid_lines(file: BinaryIO, size: int) -> int:
-    last_newline = _rfind_newline(file, size)
-    if last_newline + 1 < size:
-        return last_newline + 1  # bytes after the last newline: torn
-    if size == 0:
+    end = _rfind_newline(file, size) + 1  # bytes after the last newline are a torn write
+    if end == 0:
         return 0
-    line_start = _rfind_newline(file, last_newline) + 1
+    line_start = _rfind_newline(file, end - 1) + 1
     file.seek(line_start)
+    line = file.read(end - 1 - line_start)
     try:
-        json.loads(file.read(last_newline - line_start))
+        if line.strip():
+            json.loads(line)
     except ValueError:
-        return line_start  # an invalid last line
-    return size
+        return line_start  # an invalid last line, as replay_journal ignores it
+    return end
 
 
 def _rfind_newline(file: BinaryIO, end: int, block: int = 65536) -> int:

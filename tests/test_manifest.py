@@ -332,3 +332,18 @@ def test_schema_examples_fail_both_validators(name: str) -> None:
     document = yaml.safe_load((EXAMPLES / "invalid" / f"{name}.yaml").read_text())
     assert not manifest._is_valid_fast(document)
     assert list(manifest._full_validator().iter_errors(document))
+
+
+def test_parallel_loading_gives_the_same_result_as_serial(tmp_path: Path) -> None:
+    for index in range(manifest.PARALLEL_MIN_FILES + 6):
+        labels = "" if index % 2 else "  labels: {team: a}\n"
+        text = manifest_text(f"m{index:03d}", devices=f"[d{index}, e{index}]")
+        write(tmp_path / f"f{index:03d}.yaml", text.replace("metadata:\n", "metadata:\n" + labels))
+    write(tmp_path / "zz-dup.yaml", manifest_text("dup", devices="[d1]"))
+    serial = load_manifests([tmp_path], jobs=1)
+    parallel = load_manifests([tmp_path], jobs=2)
+    assert parallel.devices == serial.devices
+    assert parallel.manifests == serial.manifests
+    assert parallel.diagnostics == serial.diagnostics
+    assert len(parallel.diagnostics) == 1  # the duplicate found across worker chunks
+    assert parallel.files == serial.files == manifest.PARALLEL_MIN_FILES + 7
