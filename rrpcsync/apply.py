@@ -9,7 +9,6 @@ acknowledged is durable in the journal before the device is counted as done.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import signal
 import time
@@ -84,8 +83,7 @@ class NoProgress:
 
 def pending_record(previous: DeviceRecord | None, change: Change, request_id: str) -> DeviceRecord:
     base = previous or DeviceRecord(status=Status.PENDING)
-    return dataclasses.replace(
-        base,
+    return base._replace(
         status=Status.PENDING,
         target_sha256=change.payload_sha256_after,
         request_id=request_id,
@@ -116,8 +114,7 @@ def failed_record(
     """Keeps what the device last acknowledged; a failed update never erases it."""
     base = previous or DeviceRecord(status=Status.FAILED)
     error = ErrorInfo(result.code or "Unknown", result.message or "", utc_now())
-    return dataclasses.replace(
-        base,
+    return base._replace(
         status=Status.FAILED,
         target_sha256=change.payload_sha256_after,
         request_id=result.request_id,

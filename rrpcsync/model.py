@@ -50,16 +50,14 @@ class DesiredDevice(NamedTuple):
         return f"{self.file}:{self.line}"
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorInfo:
+class ErrorInfo(NamedTuple):
     code: str
     message: str
     at: str  # RFC 3339 UTC
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceRecord:
-    """What the state file knows of one device.
+class DeviceRecord(NamedTuple):
+    """What the state file knows of one device (a NamedTuple: a state holds 100,000).
 
     `payload`/`payload_sha256` are what the device last acknowledged (None if never);
     `target_sha256` is the hash of the payload last sent or being sent, so a failed or
