@@ -168,8 +168,17 @@ class GroupCommit:
         self.waiters: list[asyncio.Future[None]] = []
         self.flushing: asyncio.Task[None] | None = None
 
+    def write_through(self, key: str, record: DeviceRecord) -> None:
+        """Hand a record to the OS at once, without waiting for an fsync.
+
+        Used for `pending` records: they must be in the journal before the request leaves, so
+        a killed run knows the outcome is unknown; a power cut that loses one changes nothing,
+        since a device without a record is re-sent just like a pending one.
+        """
+        self.journal.append_many([(key, record)], sync=False)
+
     async def write(self, key: str, record: DeviceRecord) -> None:
-        """Returns once the record is on disk."""
+        """Returns once the record is on disk (fsync'd, batched with concurrent writers)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.batch.append((key, record))
         self.waiters.append(future)
@@ -216,6 +225,7 @@ class Executor:
         self.report = ApplyReport(total=len(changes))
         self.stopping = False  # no new dispatch (fatal error or first interrupt)
         self.results: dict[str, DeviceRecord] = {}
+        self.recording: set[asyncio.Future[None]] = set()
 
     async def run(self) -> ApplyReport:
         queue: asyncio.Queue[Change] = asyncio.Queue()
@@ -235,6 +245,7 @@ class Executor:
             raise
         finally:
             self._account_unsent(queue)
+            await asyncio.gather(*self.recording)  # replies already received are never dropped
         return self.report
 
     def stop(self) -> None:
@@ -263,7 +274,7 @@ class Executor:
             request_id = str(uuid.uuid4())
             await self.limiter.acquire()
             pending = pending_record(previous, change, request_id)
-            await self.commit.write(key, pending)
+            self.commit.write_through(key, pending)
             self.results[key] = pending  # outcome unknown until the reply is journaled
             assert change.payload is not None
             self.report.requests += 1
@@ -278,31 +289,36 @@ class Executor:
             await asyncio.sleep(delay)
             if self.stopping:
                 break
-        await self._record(change, previous, result, attempts)
+        self._record(change, previous, result, attempts)
 
     def _should_retry(self, result: ApiResult, attempts: int) -> bool:
         if result.ok or result.error_class is not ErrorClass.TRANSIENT:
             return False
         return attempts <= self.options.retries and not self.stopping
 
-    async def _record(
+    def _record(
         self, change: Change, previous: DeviceRecord | None, result: ApiResult, attempts: int
     ) -> None:
+        """Journal the outcome; the worker moves on while the fsync (batched) completes."""
+        if result.error_class is ErrorClass.FATAL and self.report.fatal is None:
+            self.report.fatal = result
+            self.stop()
         if result.ok:
             record = applied_record(change, result, attempts)
         else:
             record = failed_record(previous, change, result, attempts)
-        await self.commit.write(change.key, record)  # durable before it counts
-        self.results[change.key] = record
-        if result.ok:
-            self.report.applied.append(change.key)
+        task = asyncio.ensure_future(self._count_when_durable(change.key, record, result))
+        self.recording.add(task)
+        task.add_done_callback(self.recording.discard)
+
+    async def _count_when_durable(self, key: str, record: DeviceRecord, result: ApiResult) -> None:
+        await self.commit.write(key, record)  # on disk before the device counts as done
+        self.results[key] = record
+        if record.last_error is None:
+            self.report.applied.append(key)
         else:
-            assert record.last_error is not None
-            self.report.failed[change.key] = record.last_error
-            if result.error_class is ErrorClass.FATAL and self.report.fatal is None:
-                self.report.fatal = result
-                self.stop()
-        self.progress.result(change.key, result.ok, result.code)
+            self.report.failed[key] = record.last_error
+        self.progress.result(key, result.ok, result.code)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -751,14 +751,15 @@ class Journal:
             self._check_open()
             self._pending.append(line)
 
-    def append_many(self, items: Iterable[tuple[str, DeviceRecord]]) -> None:
-        """Append all, then write them with one fsync."""
+    def append_many(self, items: Iterable[tuple[str, DeviceRecord]], sync: bool = True) -> None:
+        """Append all, then write them with one fsync (`sync=False`: hand them to the OS only,
+        which survives a killed process but not a power cut)."""
         lineage, serial = self.state.lineage, self.state.serial
         lines = [journal_line(lineage, serial, key, record) for key, record in items]
         with self._lock:
             self._check_open()
             self._pending.extend(lines)
-            self._flush_pending()
+            self._flush_pending(sync)
 
     def flush(self) -> None:
         with self._lock:
@@ -784,13 +785,13 @@ class Journal:
         if self._fd is None:
             raise ValueError(f"journal {self.path} is closed")
 
-    def _flush_pending(self) -> None:
+    def _flush_pending(self, sync: bool = True) -> None:
         if not self._pending or self._fd is None:
             return
         data = b"".join(self._pending)
         try:
             self._fd = _reopen_if_removed(self._fd, self.path)
-            _append_durably(self._fd, data)
+            _append_durably(self._fd, data, sync)
         except OSError as exc:
             raise StateError(f"cannot write journal {self.path}: {exc.strerror}") from None
         self._pending.clear()
@@ -820,14 +821,15 @@ def _reopen_if_removed(fd: int, path: Path) -> int:
     return _open_for_append(path)
 
 
-def _append_durably(fd: int, data: bytes) -> None:
+def _append_durably(fd: int, data: bytes, sync: bool = True) -> None:
     start = os.lseek(fd, 0, os.SEEK_END)
     try:
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except OSError:
         _truncate_quietly(fd, start)  # do not leave a torn line for the next append to follow
         raise
