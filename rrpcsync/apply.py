@@ -9,6 +9,7 @@ acknowledged is durable in the journal before the device is counted as done.
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import signal
 import time
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from rrpcsync import secrets
 from rrpcsync.client import ApiResult, ErrorClass
 from rrpcsync.model import Change, DeviceRecord, ErrorInfo, Plan, Status
 from rrpcsync.state import Journal, State, utc_now
@@ -92,20 +94,36 @@ def pending_record(previous: DeviceRecord | None, change: Change, request_id: st
 
 
 def applied_record(change: Change, result: ApiResult, attempts: int) -> DeviceRecord:
+    reply_base64, reply_text = _stored_reply(change, result)
     return DeviceRecord(
         status=Status.APPLIED,
         payload_sha256=change.payload_sha256_after,
-        payload=change.payload,
+        payload=change.shown_payload,  # secrets live only inside the hash
         target_sha256=change.payload_sha256_after,
         request_id=result.request_id,
         message_id=result.message_id,
-        reply_base64=result.reply_base64,
-        reply_text=result.reply_text,
+        reply_base64=reply_base64,
+        reply_text=reply_text,
         applied_at=utc_now(),
         attempts=attempts,
         last_error=None,
         manifest=change.manifest,
     )
+
+
+def _stored_reply(change: Change, result: ApiResult) -> tuple[str | None, str | None]:
+    """The reply as stored: a device that echoes a sensitive payload must not leak it."""
+    text = result.reply_text
+    if change.payload_template is None or result.reply_base64 is None:
+        return result.reply_base64, text
+    leaked = [value for value in secrets.known_values() if value in (text or "")]
+    if text is None or leaked:
+        if text is None:
+            return None, None  # undecodable bytes may hold the secret: keep neither form
+        for value in leaked:
+            text = text.replace(value, secrets.MASK)
+        return base64.b64encode(text.encode("utf-8")).decode("ascii"), text
+    return result.reply_base64, text
 
 
 def failed_record(

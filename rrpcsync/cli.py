@@ -366,7 +366,7 @@ def load_saved_plan(path: str, state: Any) -> tuple[Plan, list[str]]:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise PlanFileError(f"{path}: cannot read saved plan: {exc}") from None
-    saved = plan_from_document(doc, path)
+    saved = plan_from_document(doc, path, os.environ)
     if saved.lineage == NEW_STATE and state.exists:
         raise PlanFileError(
             f"{path}: the plan was made before {state.path} existed, and another run has "

@@ -43,6 +43,7 @@ import httpx
 import yarl
 
 from rrpcsync import __version__
+from rrpcsync import secrets as secret_values
 from rrpcsync.errors import ConfigError
 
 DEFAULT_ENDPOINT = "https://iot.cloud.tencent.com/api/exploreropen/tokenapi"
@@ -684,7 +685,8 @@ class RrpcClient:
     ) -> None:
         self.endpoint = endpoint
         self._token = token
-        self._secrets = (token, json.dumps(token)[1:-1])
+        sensitive = secret_values.known_values()  # `${env:…}` values in payloads
+        self._secrets = (token, json.dumps(token)[1:-1], *sensitive)
         if transport is None:
             transport = AiohttpTransport(max_connections=max_connections, total_timeout=timeout)
         self._http = httpx.AsyncClient(
@@ -721,7 +723,8 @@ class RrpcClient:
             "Payload": payload,
         }
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("request %s", json.dumps({**fields, "AccessToken": MASK}, ensure_ascii=False))
+            shown = json.dumps({**fields, "AccessToken": MASK}, ensure_ascii=False)
+            log.debug("request %s", redact(shown, self._secrets))
         started = time.monotonic()
         try:
             status, headers, body = await self._post(fields)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from rrpcsync import secrets
 from rrpcsync.errors import Diagnostic
 from rrpcsync.model import EMPTY_LABELS, DesiredDevice
 
@@ -247,6 +248,7 @@ def load_manifests_while(
         side = during()
         result.extend(load_files(files))
     result.diagnostics.extend(cross_file_problems(result))
+    secrets.remember([d.template for d in result.devices if d.template], os.environ)
     return result, side
 
 
@@ -402,7 +404,8 @@ def _load_document(file: str, document: Any, root: Node, result: LoadResult) -> 
     device_nodes = _lookup(root, ("spec", "devices"))
     assert isinstance(device_nodes, SequenceNode)
     devices_before = len(result.devices)
-    default: tuple[str, str] | None = None  # the shared payload's (text, sha256), made once
+    # the shared payload's (text, sha256, template), made once per manifest
+    default: tuple[str, str, str | None] | None = None
     for index, (entry, node) in enumerate(zip(spec["devices"], device_nodes.value, strict=True)):
         line = node.start_mark.line + 1
         if isinstance(entry, str):
@@ -413,15 +416,15 @@ def _load_document(file: str, document: Any, root: Node, result: LoadResult) -> 
             override = entry.get("payload")
         path = f"$.spec.devices[{index}]"
         if override is None and default is not None:
-            text, digest = default
+            text, digest, template = default
         else:
             payload = default_payload if override is None else merge(default_payload, override)
             made = _payload_text(file, line, node, path, payload, result.diagnostics)
             if made is None:
                 continue
-            text, digest = made, sha256_text(made)
+            (text, template), digest = made, sha256_text(made[0])
             if override is None:
-                default = (text, digest)
+                default = (text, digest, template)
         result.devices.append(
             DesiredDevice(
                 key=f"{product_id}/{device_name}",
@@ -433,6 +436,7 @@ def _load_document(file: str, document: Any, root: Node, result: LoadResult) -> 
                 file=file,
                 line=line,
                 labels=device_labels,
+                template=template,
             )
         )
     line, _ = _mark(root)
@@ -442,7 +446,8 @@ def _load_document(file: str, document: Any, root: Node, result: LoadResult) -> 
 
 def _payload_text(
     file: str, line: int, node: Node, path: str, payload: Any, problems: list[Diagnostic]
-) -> str | None:
+) -> tuple[str, str | None] | None:
+    """(payload to send, its `${env:…}` template or None), or None after a diagnostic."""
     column = node.start_mark.column + 1
     if payload is None:
         message = "device has no payload: set spec.payload or the device's own payload"
@@ -454,12 +459,24 @@ def _payload_text(
         message = f"payload cannot be sent as JSON: {_json_reason(exc)}"
         problems.append(Diagnostic(file, line, column, path + ".payload", message))
         return None
+    template = None
+    if secrets.is_template(text):
+        template = text
+        try:
+            text = secrets.resolve(template, not isinstance(payload, str), os.environ)
+        except secrets.MissingVariable as missing:
+            message = (
+                f"environment variable {missing.name} is not set "
+                f"(referenced as ${{env:{missing.name}}})"
+            )
+            problems.append(Diagnostic(file, line, column, path + ".payload", message))
+            return None
     size = len(text.encode("utf-8"))
     if size > MAX_PAYLOAD_BYTES:
         message = f"payload is {size:,} bytes, over the {MAX_PAYLOAD_BYTES:,}-byte MQTT limit"
         problems.append(Diagnostic(file, line, column, path + ".payload", message))
         return None
-    return text
+    return text, template
 
 
 def _json_reason(exc: BaseException) -> str:

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from rrpcsync.secrets import mask
+
 EMPTY_LABELS: Mapping[str, str] = {}  # shared, never mutated (a Mapping); picklable
 
 
@@ -44,10 +46,16 @@ class DesiredDevice(NamedTuple):
     file: str
     line: int
     labels: Mapping[str, str] = EMPTY_LABELS
+    template: str | None = None  # the payload with its `${env:…}` references, if sensitive
 
     @property
     def source(self) -> str:
         return f"{self.file}:{self.line}"
+
+    @property
+    def shown_payload(self) -> str:
+        """The payload as it may be displayed or stored: secrets masked."""
+        return mask(self.template) if self.template else self.payload
 
 
 class ErrorInfo(NamedTuple):
@@ -91,6 +99,12 @@ class Change:
     payload_before: str | None = None  # last acknowledged payload
     payload_sha256_before: str | None = None
     last_error_code: str | None = None  # for retries
+    payload_template: str | None = None  # set when the payload references ${env:…} (sensitive)
+
+    @property
+    def shown_payload(self) -> str | None:
+        """The payload to send as it may be displayed or stored: secrets masked."""
+        return mask(self.payload_template) if self.payload_template else self.payload
 
 
 @dataclass(frozen=True, slots=True)

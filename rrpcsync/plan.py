@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rrpcsync import secrets
 from rrpcsync.errors import PlanFileError, UsageError
 from rrpcsync.model import Action, Change, DesiredDevice, DeviceRecord, Plan, Status, Summary
 
@@ -36,6 +37,7 @@ def _change(device: DesiredDevice, record: DeviceRecord | None, action: Action) 
         payload_before=record.payload if record else None,
         payload_sha256_before=record.payload_sha256 if record else None,
         last_error_code=_last_error_code(record) if action is Action.RETRY else None,
+        payload_template=device.template if action.sends else None,
     )
 
 
@@ -237,12 +239,18 @@ def _change_document(change: Change, include_payloads: bool) -> dict[str, Any]:
     if change.last_error_code is not None:
         doc["last_error_code"] = change.last_error_code
     if include_payloads and change.action.sends:
-        doc["payload"] = change.payload
+        if change.payload_template is not None:  # sensitive: re-resolved from env on apply
+            doc["payload_template"] = change.payload_template
+        else:
+            doc["payload"] = change.payload
     return doc
 
 
-def plan_from_document(doc: Any, source: str) -> Plan:
-    """Rebuild a saved plan; anything malformed is a PlanFileError naming `source`."""
+def plan_from_document(doc: Any, source: str, env: Mapping[str, str] | None = None) -> Plan:
+    """Rebuild a saved plan; anything malformed is a PlanFileError naming `source`.
+
+    Sensitive payloads were saved as templates: `env` supplies their `${env:…}` values.
+    """
     if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
         raise PlanFileError(f"{source}: not a saved rrpcsync plan (missing format {PLAN_FORMAT!r})")
     if doc.get("format_version") != PLAN_FORMAT_VERSION:
@@ -251,11 +259,16 @@ def plan_from_document(doc: Any, source: str) -> Plan:
             f"(this rrpcsync reads {PLAN_FORMAT_VERSION})"
         )
     try:
-        changes = tuple(_change_from_document(item) for item in doc["changes"])
+        changes = tuple(_change_from_document(item, env or {}) for item in doc["changes"])
         lineage, serial = str(doc["lineage"] or ""), int(doc["serial"])
         prune = bool(doc.get("prune", False))
+    except secrets.MissingVariable as missing:
+        raise PlanFileError(
+            f"{source}: environment variable {missing.name} is not set "
+            f"(the plan references ${{env:{missing.name}}})"
+        ) from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise PlanFileError(f"{source}: malformed saved plan ({exc!r})") from None
+        raise PlanFileError(f"{source}: malformed saved plan ({exc})") from None
     counts = Counter(change.action for change in changes)
     summary = Summary(
         counts[Action.CREATE],
@@ -267,14 +280,29 @@ def plan_from_document(doc: Any, source: str) -> Plan:
     return Plan(lineage, serial, changes, summary, {}, prune)
 
 
-def _change_from_document(item: Mapping[str, Any]) -> Change:
+def _resolve_saved(template: str, digest: object, env: Mapping[str, str]) -> str:
+    """The saved template resolved: verbatim (a string payload) or as canonical JSON."""
+    verbatim = secrets.resolve(template, False, env)
+    if hashlib.sha256(verbatim.encode()).hexdigest() == digest:
+        return verbatim
+    try:
+        return secrets.resolve(template, True, env)
+    except ValueError:
+        return verbatim  # not JSON: the sha256 check below reports the mismatch
+
+
+def _change_from_document(item: Mapping[str, Any], env: Mapping[str, str]) -> Change:
     action = Action(item["action"])
+    template = item.get("payload_template")
     payload = item.get("payload")
+    if isinstance(template, str):
+        payload = _resolve_saved(template, item.get("payload_sha256_after"), env)
     if action.sends and not isinstance(payload, str):
         raise ValueError(f"change {item.get('key')!r} has no payload")
     after = item.get("payload_sha256_after")
     if isinstance(payload, str) and hashlib.sha256(payload.encode()).hexdigest() != after:
-        raise ValueError(f"change {item.get('key')!r}: payload does not match its sha256")
+        why = "a referenced variable changed since" if template else "does not match its sha256"
+        raise ValueError(f"change {item.get('key')!r}: payload {why}")
     return Change(
         key=str(item["key"]),
         action=action,
@@ -284,4 +312,5 @@ def _change_from_document(item: Mapping[str, Any]) -> Change:
         payload_sha256_after=after,
         payload_sha256_before=item.get("payload_sha256_before"),
         last_error_code=item.get("last_error_code"),
+        payload_template=template if isinstance(template, str) else None,
     )

@@ -141,9 +141,9 @@ def change_headline(change: Change) -> str:
 
 def change_details(change: Change) -> list[str]:
     if change.action is Action.UPDATE:
-        return payload_diff(change.payload_before, change.payload)
+        return payload_diff(change.payload_before, change.shown_payload)
     if change.action is Action.CREATE:
-        return [_short(change.payload, 120)]
+        return [_short(change.shown_payload, 120)]
     return []
 
 
