@@ -2,7 +2,7 @@
 # The step of the rrpcsync composite action (../action.yml), runnable on its own.
 #
 # Inputs arrive as environment variables set by the composite step; they are never interpolated
-# into this script (no `${{ }}` here), so a path or argument cannot inject shell code:
+# into this script (it holds no GitHub expression), so no path or argument can inject shell code:
 #   INPUT_COMMAND  validate | plan | apply | drift   (drift = plan --detailed-exitcode)
 #   INPUT_PATHS    manifest files/folders, separated by spaces or newlines (empty: configs/)
 #   INPUT_STATE    state file for plan/apply/drift (empty: RRPCSYNC_STATE or the default)

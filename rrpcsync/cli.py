@@ -287,7 +287,7 @@ def plan(
         report_diagnostics(error, "text")
         raise SystemExit(ExitCode.ERROR) from None
     write_plan_outputs(the_plan, output_format, out_path, md_path)
-    if detailed_exitcode and the_plan.summary.has_changes:
+    if detailed_exitcode and the_plan.actionable:
         raise SystemExit(ExitCode.CHANGES)
 
 
@@ -476,7 +476,7 @@ def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options
     with StateLock(Path(state_path), "apply", timeout=options["lock_timeout"]):
         state, the_plan, stale = plan_for_apply(paths, state_path, options)
         show_plan(the_plan, to_stderr=json_out)
-        if not the_plan.summary.has_changes and not stale:
+        if not the_plan.actionable and not stale:
             if state.replayed:
                 save_state(state)  # fold a killed run's journal in
             if json_out:

@@ -248,6 +248,9 @@ def load_manifests_while(
         side = during()
         result.extend(load_files(files))
     result.diagnostics.extend(cross_file_problems(result))
+    if files and not result.manifests and not result.diagnostics:
+        # e.g. only empty files: planning against nothing would orphan the whole fleet
+        result.diagnostics.append(_path_problem(files[0], "no manifests found in any file"))
     secrets.remember([d.template for d in result.devices if d.template], os.environ)
     return result, side
 

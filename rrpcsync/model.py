@@ -134,3 +134,8 @@ class Plan:
     summary: Summary
     unchanged_by_manifest: Mapping[str, int] = field(default_factory=dict)
     prune: bool = False
+
+    @property
+    def actionable(self) -> bool:
+        """Apply would send or forget something (orphans count only with --prune)."""
+        return self.summary.to_send > 0 or (self.prune and self.summary.orphan > 0)

@@ -353,3 +353,20 @@ def test_insecure_endpoint_is_refused(capsys: pytest.CaptureFixture[str], env: P
     assert result.code == 1
     assert "https" in result.err
     assert not (env / "rrpcsync.state.json").exists()
+
+
+def test_orphans_alone_are_not_actionable(
+    capsys: pytest.CaptureFixture[str], env: Path, emulator: Any
+) -> None:
+    emu = emulator({"auto_devices": True})
+    fleet_manifest(env, ["d1", "d2"])
+    assert apply(capsys, emu).code == 0
+    fleet_manifest(env, ["d1"])
+    state_file = env / "rrpcsync.state.json"
+    before = state_file.read_bytes()
+    assert run(capsys, "plan", "configs", "--detailed-exitcode").code == 0
+    assert run(capsys, "plan", "configs", "--detailed-exitcode", "--prune").code == 2
+    result = apply(capsys, emu)
+    assert result.code == 0
+    assert "- P1/d2" in result.out
+    assert state_file.read_bytes() == before  # reported only: no rewrite

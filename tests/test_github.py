@@ -4,6 +4,7 @@ the structure of action.yml, the example workflows (GitHub, GitLab) and the pre-
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -77,11 +78,11 @@ class Step:
     """One run of action/run.sh as the composite step runs it."""
 
     def __init__(self, work: Path, inputs: Mapping[str, str], **env: str) -> None:
-        self.output_file = work.parent / "github_output"
-        self.output_file.write_text("", encoding="utf-8")
+        output_file = work.parent / "github_output"
+        output_file.write_text("", encoding="utf-8")
         variables = ci_env(
             work,
-            GITHUB_OUTPUT=str(self.output_file),
+            GITHUB_OUTPUT=str(output_file),
             RUNNER_TEMP=str(work.parent / "runner"),
             RRPCSYNC_ACTION_SKIP_INSTALL="1",
             RRPCSYNC_PYTHON=sys.executable,
@@ -97,14 +98,11 @@ class Step:
             timeout=60,
             check=False,
         )
+        self.raw_outputs = output_file.read_text(encoding="utf-8")
 
     @property
     def code(self) -> int:
         return self.proc.returncode
-
-    @property
-    def raw_outputs(self) -> str:
-        return self.output_file.read_text(encoding="utf-8")
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -565,13 +563,11 @@ def test_action_metadata() -> None:
     action = load(ACTION)
     assert {"command", "paths", "state", "args"} <= set(action["inputs"])
     assert not [name for name in action["inputs"] if "token" in name.lower()]
-    assert action["outputs"] == {
-        name: {
-            "description": action["outputs"][name]["description"],
-            "value": f"${{{{ steps.run.outputs.{name} }}}}",
-        }
-        for name in ("exitcode", "has-changes", "plan-markdown-file")
-    }
+    outputs = action["outputs"]
+    assert set(outputs) == {"exitcode", "has-changes", "plan-markdown-file"}
+    for name, output in outputs.items():
+        assert output["value"] == "${{ steps.run.outputs." + name + " }}"
+        assert output["description"]
     assert action["runs"]["using"] == "composite"
     run = step_named(action, "rrpcsync")
     assert run["id"] == "run"
@@ -620,3 +616,126 @@ def test_ci_docs_cover_every_example() -> None:
     for name in ("plan.yml", "apply.yml", "drift.yml", ".gitlab-ci.yml", ".pre-commit-hooks.yaml"):
         assert name in text, name
     assert "concurrency" in text and "resource_group" in text
+
+
+# --------------------------------------------------------------------------- github-script steps
+
+# Runs a workflow's `actions/github-script` code with a recording stand-in for its `github`
+# client: argv = script file, scenario file ({"comments": [...], "issues": [...]}).
+GITHUB_SCRIPT_HARNESS = """
+const fs = require('fs');
+const [scriptFile, scenarioFile] = process.argv.slice(2);
+const scenario = JSON.parse(fs.readFileSync(scenarioFile, 'utf8'));
+const calls = [];
+const record = (name) => async (args) => { calls.push([name, args]); return { data: {} }; };
+const listing = (items) => Object.assign(async () => ({ data: items }), { items });
+const github = {
+  paginate: async (list, args) => list.items,
+  rest: {
+    issues: {
+      listComments: listing(scenario.comments || []),
+      listForRepo: listing(scenario.issues || []),
+      createComment: record('createComment'),
+      updateComment: record('updateComment'),
+      create: record('create'),
+      update: record('update'),
+    },
+  },
+};
+const context = {
+  repo: { owner: 'acme', repo: 'fleet' }, issue: { number: 5 }, runId: 99,
+  serverUrl: 'https://github.example', payload: {},
+};
+const AsyncFunction = Object.getPrototypeOf(async () => {}).constructor;
+new AsyncFunction('require', 'github', 'context', fs.readFileSync(scriptFile, 'utf8'))(
+  require, github, context,
+).then(() => console.log(JSON.stringify(calls)));
+"""
+
+
+def github_script(
+    tmp_path: Path, workflow: str, step: str, scenario: Mapping[str, Any], **env: str
+) -> list[tuple[str, dict[str, Any]]]:
+    script = tmp_path / "script.js"
+    script.write_text(step_named(load(EXAMPLES_GITHUB / workflow), step)["with"]["script"])
+    harness = tmp_path / "harness.js"
+    harness.write_text(GITHUB_SCRIPT_HARNESS, encoding="utf-8")
+    data = tmp_path / "scenario.json"
+    data.write_text(json.dumps(scenario), encoding="utf-8")
+    proc = subprocess.run(
+        ["node", str(harness), str(script), str(data)],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [(name, args) for name, args in json.loads(proc.stdout)]
+
+
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+BOT = {"login": "github-actions[bot]"}
+
+
+@needs_node
+def test_plan_comment_is_created_then_updated(tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.md"
+    plan_file.write_text(f"{MARKDOWN_MARKER}\n### rrpcsync plan\n\nthe plan\n", encoding="utf-8")
+    env = {"PLAN_FILE": str(plan_file), "HEAD_SHA": "0123456789abcdef"}
+    step = "Post or update the plan comment"
+    human = {"id": 1, "user": {"login": "alice"}, "body": f"{MARKDOWN_MARKER} quoted"}
+
+    ((name, args),) = github_script(tmp_path, "plan.yml", step, {"comments": [human]}, **env)
+    assert name == "createComment"
+    assert args["issue_number"] == 5
+    assert args["body"].startswith(f"{MARKDOWN_MARKER}\n### rrpcsync plan\n\nthe plan\n")
+    assert "Commit 0123456" in args["body"]
+
+    mine = {"id": 7, "user": BOT, "body": f"{MARKDOWN_MARKER}\nold plan"}
+    ((name, args),) = github_script(tmp_path, "plan.yml", step, {"comments": [human, mine]}, **env)
+    assert name == "updateComment"
+    assert args["comment_id"] == 7
+    assert "the plan" in args["body"]
+
+    env["PLAN_FILE"] = ""  # validation failed: no plan
+    ((name, args),) = github_script(tmp_path, "plan.yml", step, {"comments": [mine]}, **env)
+    assert name == "updateComment"
+    assert args["body"].startswith(MARKDOWN_MARKER)
+    assert "No plan: the manifests are not valid" in args["body"]
+
+
+@needs_node
+def test_drift_issue_lifecycle(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    failed = {"status": "failed", "manifest": "m1"}
+    devices = {
+        "P1/d1": {"status": "applied", "manifest": "m1", "last_error": None},
+        "P1/d2": {**failed, "last_error": {"code": "FailedOperation.DeviceOffline", "at": "T1"}},
+    }
+    state.write_text(json.dumps({"devices": devices}), encoding="utf-8")
+    step = "Open, update or close the failure issue"
+    env = {"RRPCSYNC_STATE": str(state), "APPLY_EXITCODE": "3"}
+
+    ((name, args),) = github_script(tmp_path, "drift.yml", step, {}, **env)
+    assert name == "create"
+    assert args["title"] == "rrpcsync: 1 device(s) stay failed"
+    assert args["body"].startswith("<!-- rrpcsync-drift -->\n")
+    assert "| P1/d2 | FailedOperation.DeviceOffline | T1 | m1 |" in args["body"]
+
+    issue = {"number": 11, "body": args["body"]}
+    ((name, args),) = github_script(tmp_path, "drift.yml", step, {"issues": [issue]}, **env)
+    assert (name, args["issue_number"]) == ("update", 11)  # same devices: no new comment
+
+    devices["P1/d1"] = {**failed, "last_error": {"code": "FailedOperation.RRPCTimeout", "at": "T2"}}
+    state.write_text(json.dumps({"devices": devices}), encoding="utf-8")
+    calls = github_script(tmp_path, "drift.yml", step, {"issues": [issue]}, **env)
+    assert [name for name, _ in calls] == ["createComment", "update"]
+    assert "2 device(s) stay failed" in calls[1][1]["title"]
+
+    env["APPLY_EXITCODE"] = "0"
+    calls = github_script(tmp_path, "drift.yml", step, {"issues": [issue]}, **env)
+    assert [name for name, _ in calls] == ["createComment", "update"]
+    assert calls[1][1]["state"] == "closed"
+    assert github_script(tmp_path, "drift.yml", step, {}, **env) == []

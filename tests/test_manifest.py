@@ -347,3 +347,10 @@ def test_parallel_loading_gives_the_same_result_as_serial(tmp_path: Path) -> Non
     assert parallel.diagnostics == serial.diagnostics
     assert len(parallel.diagnostics) == 1  # the duplicate found across worker chunks
     assert parallel.files == serial.files == manifest.PARALLEL_MIN_FILES + 7
+
+
+def test_files_without_any_manifest_are_an_error(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", "# nothing here yet\n")
+    write(tmp_path / "b.yaml", "---\n")
+    (diag,) = load_manifests([tmp_path]).diagnostics
+    assert (Path(diag.file).name, diag.message) == ("a.yaml", "no manifests found in any file")
