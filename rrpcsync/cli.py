@@ -100,8 +100,10 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, color: str) -> None:
     would be sent, `apply` sends it and records each device's reply in the state file.
     """
     ctx.obj = Settings(verbose, quiet and not verbose, use_color(color, sys.stdout))
-    level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # -v: rrpcsync's own debug log (requests with the token as ***); -vv: libraries' too
+    root_level = logging.DEBUG if verbose >= 2 else logging.WARNING
+    logging.basicConfig(level=root_level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("rrpcsync").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 # --------------------------------------------------------------------------- validate / schema
@@ -301,7 +303,10 @@ def fail(message: str, code: ExitCode) -> NoReturn:
 
 def run_guarded(entry: click.Command, args: Sequence[str] | None = None) -> int:
     """The one place that turns exceptions into messages and exit codes."""
-    verbose = "-v" in (args if args is not None else sys.argv[1:]) or "--verbose" in sys.argv
+    given = args if args is not None else sys.argv[1:]
+    verbose = any(
+        arg == "--verbose" or (arg.startswith("-v") and set(arg[1:]) == {"v"}) for arg in given
+    )
     try:
         returned = entry.main(args=args, prog_name="rrpcsync", standalone_mode=False)
     except SystemExit as exc:

@@ -73,9 +73,10 @@ def test_full_run_leaks_neither_token_nor_secret(
     emu = emulator({"devices": {"P1/d1": {"reply": "echo"}, "P1/d2": {"reply": "ok"}}})
     outputs = []
     assert run(capsys, "plan", "configs", "--out", "plan.json").code == 0
-    applied = run(capsys, "-vv", "apply", "plan.json", "--auto-approve", "--endpoint", emu.url)
+    applied = run(capsys, "-v", "apply", "plan.json", "--auto-approve", "--endpoint", emu.url)
     assert applied.code == 0, applied.err
     outputs += [applied.out, applied.err]
+    assert '"Action": "AppPublishRRPCMessage"' in applied.err  # requests are logged, masked
     # the device really got the secret
     acked = emu.stats()["per_device"]["P1/d1"]["acked"]
     assert json.loads(acked[0])["params"]["password"] == SECRET
