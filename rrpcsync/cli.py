@@ -348,18 +348,19 @@ FATAL_HINTS = {
 def fatal_message(code: str) -> str:
     if code in FATAL_HINTS:
         return f"the access token was rejected ({code}); {FATAL_HINTS[code]}"
+    if code == "Transport.CertificateError":
+        return (
+            "the endpoint's TLS certificate could not be verified (Transport.CertificateError); "
+            "check RRPCSYNC_ENDPOINT (and SSL_CERT_FILE for a private CA); nothing was sent"
+        )
+    if code.startswith("HTTP."):
+        return f"the endpoint refused the request ({code}); check RRPCSYNC_ENDPOINT"
     return f"the cloud refused the request ({code}); check the account's rights on this product"
 
 
 def is_saved_plan(paths: Sequence[str]) -> bool:
-    if len(paths) != 1 or not paths[0].endswith(".json") or not Path(paths[0]).is_file():
-        return False
-    try:
-        with open(paths[0], encoding="utf-8") as handle:
-            head = handle.read(4096)
-    except OSError:
-        return False
-    return '"rrpcsync-plan"' in head or '"format": "rrpcsync-plan"' in head
+    """Manifests are YAML: one `.json` argument is a saved plan (`plan --out`)."""
+    return len(paths) == 1 and paths[0].endswith(".json")
 
 
 def load_saved_plan(path: str, state: Any) -> tuple[Plan, list[str]]:
