@@ -458,14 +458,6 @@ def report_document(report: Any, stale: Sequence[str]) -> dict[str, Any]:
 @state_option
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @client_options
-@click.option(
-    "--retry-backoff",
-    type=click.FloatRange(min=0),
-    default=0.5,
-    show_default=True,
-    metavar="SECONDS",
-    help="First retry waits up to this long (full jitter, doubling each retry).",
-)
 @format_option("text", "json")
 @lock_timeout_option
 @selection_options

@@ -130,4 +130,12 @@ client_options = _stack(
         show_default=True,
         help="Retries of transient errors per device.",
     ),
+    click.option(
+        "--retry-backoff",
+        type=click.FloatRange(min=0),
+        default=0.5,
+        show_default=True,
+        metavar="SECONDS",
+        help="First retry waits up to this long (full jitter, doubling each retry).",
+    ),
 )
