@@ -1,0 +1,53 @@
+"""Docs follow the code: every command, option and exit code is documented."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+from rrpcsync.cli import cli
+from rrpcsync.errors import ExitCode
+
+from .helpers import ROOT
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCS = README + "".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md")))
+
+
+def commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in sorted(group.commands.items()):
+        full = f"{prefix}{name}"
+        found.append((full, command))
+        if isinstance(command, click.Group):
+            found += commands(command, full + " ")
+    return found
+
+
+def test_every_command_is_in_the_readme() -> None:
+    for name, _ in commands(cli):
+        assert f"rrpcsync {name}" in README or f"`{name} " in README, name
+
+
+def test_every_option_is_documented() -> None:
+    missing = [
+        f"{opt} of `rrpcsync {name}`"
+        for name, command in [("", cli), *commands(cli)]
+        for param in command.params
+        for opt in param.opts
+        if opt.startswith("--") and opt not in DOCS
+    ]
+    assert missing == []
+
+
+def test_every_exit_code_is_in_the_readme_table() -> None:
+    for code in ExitCode:
+        assert re.search(rf"^\| {int(code)} \|", README, flags=re.M), code
+
+
+def test_readme_setup_commands_and_ci_use_the_same_test_command() -> None:
+    blocks = re.findall(r"```sh\n(.*?)\n```", README, flags=re.S)
+    assert blocks[0] == "pip install . && rrpcsync demo"
+    assert blocks[1] == "pip install -e '.[dev]' && pytest"
+    assert blocks[1] in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
