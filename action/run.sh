@@ -3,7 +3,7 @@
 #
 # Inputs arrive as environment variables set by the composite step; they are never interpolated
 # into this script (it holds no GitHub expression), so no path or argument can inject shell code:
-#   INPUT_COMMAND  validate | plan | apply | drift   (drift = plan --detailed-exitcode)
+#   INPUT_COMMAND  validate | plan | apply | drift   (drift = rrpcsync drift: probe, report only)
 #   INPUT_PATHS    manifest files/folders, separated by spaces or newlines (empty: configs/)
 #   INPUT_STATE    state file for plan/apply/drift (empty: RRPCSYNC_STATE or the default)
 #   INPUT_ARGS     extra arguments, separated by spaces or newlines; no shell quoting or globbing
@@ -75,7 +75,12 @@ case $command in
   plan | drift)
     markdown_dir=$(mktemp -d "${RUNNER_TEMP:-${TMPDIR:-/tmp}}/rrpcsync-plan.XXXXXX")
     markdown="$markdown_dir/plan.md"
-    cmd+=(plan --detailed-exitcode --out-markdown "$markdown")
+    if [[ $command == drift ]]; then
+      # = plan --refresh --detailed-exitcode: probes devices (spec.probe), writes no state
+      cmd+=(drift --out-markdown "$markdown")
+    else
+      cmd+=(plan --detailed-exitcode --out-markdown "$markdown")
+    fi
     ;;
   apply)
     cmd+=(apply)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import random
 import signal
 import time
@@ -21,6 +22,7 @@ from typing import Protocol
 
 from rrpcsync import secrets
 from rrpcsync.client import ApiResult, ErrorClass
+from rrpcsync.expect import REPLY_MISMATCH, check_reply
 from rrpcsync.model import Change, DeviceRecord, ErrorInfo, Plan, Status
 from rrpcsync.state import Journal, State, utc_now
 
@@ -53,6 +55,8 @@ class ApplyReport:
     fatal: ApiResult | None = None
     interrupted: bool = False
     elapsed: float = 0.0
+    blocked: list[str] = field(default_factory=list)  # not sent: a dependency had failures
+    aborted: str | None = None  # why a rollout stopped early (rollout.py)
 
     @property
     def failures_by_code(self) -> Counter[str]:
@@ -126,11 +130,30 @@ def _stored_reply(change: Change, result: ApiResult) -> tuple[str | None, str | 
     return result.reply_base64, text
 
 
+def checked_reply(change: Change, result: ApiResult) -> ApiResult:
+    """A reply that fails the manifest's `expect` check is a device error: ReplyMismatch."""
+    assert change.expect is not None and change.payload is not None
+    reason = check_reply(change.expect, change.payload, result.reply_text, result.reply_base64)
+    if reason is None:
+        return result
+    if change.payload_template is not None:  # the reply may echo a secret
+        for value in secrets.known_values():
+            reason = reason.replace(value, secrets.MASK)
+    return dataclasses.replace(
+        result, ok=False, code=REPLY_MISMATCH, message=reason, error_class=ErrorClass.DEVICE
+    )
+
+
 def failed_record(
     previous: DeviceRecord | None, change: Change, result: ApiResult, attempts: int
 ) -> DeviceRecord:
     """Keeps what the device last acknowledged; a failed update never erases it."""
     base = previous or DeviceRecord(status=Status.FAILED)
+    if result.code == REPLY_MISMATCH:  # the device did answer: its reply is the evidence
+        reply_base64, reply_text = _stored_reply(change, result)
+        base = base._replace(
+            message_id=result.message_id, reply_base64=reply_base64, reply_text=reply_text
+        )
     error = ErrorInfo(result.code or "Unknown", result.message or "", utc_now())
     return base._replace(
         status=Status.FAILED,
@@ -244,6 +267,8 @@ class Executor:
         self.stopping = False  # no new dispatch (fatal error or first interrupt)
         self.results: dict[str, DeviceRecord] = {}
         self.recording: set[asyncio.Future[None]] = set()
+        # sees each final outcome at once (before it is durable): rollout abort criteria
+        self.on_result: Callable[[Change, ApiResult], None] | None = None
 
     async def run(self) -> ApplyReport:
         queue: asyncio.Queue[Change] = asyncio.Queue()
@@ -291,6 +316,12 @@ class Executor:
             attempts += 1
             request_id = str(uuid.uuid4())
             await self.limiter.acquire()
+            if self.stopping and attempts > 1:
+                attempts -= 1  # stopped while waiting for a slot: the last answer stands
+                break
+            if self.stopping:
+                self.report.not_sent.append(key)  # stopped while waiting: never sent
+                return
             pending = pending_record(previous, change, request_id)
             self.commit.write_through(key, pending)
             self.results[key] = pending  # outcome unknown until the reply is journaled
@@ -307,6 +338,8 @@ class Executor:
             await asyncio.sleep(delay)
             if self.stopping:
                 break
+        if result.ok and change.expect is not None:
+            result = checked_reply(change, result)
         self._record(change, previous, result, attempts)
 
     def _should_retry(self, result: ApiResult, attempts: int) -> bool:
@@ -325,6 +358,8 @@ class Executor:
             record = applied_record(change, result, attempts)
         else:
             record = failed_record(previous, change, result, attempts)
+        if self.on_result is not None:
+            self.on_result(change, result)
         task = asyncio.ensure_future(self._count_when_durable(change.key, record, result))
         self.recording.add(task)
         task.add_done_callback(self.recording.discard)
@@ -407,10 +442,18 @@ async def _run(
     return report
 
 
+class Stoppable(Protocol):
+    """What signal handling needs: an Executor, or a rollout running several in turn."""
+
+    report: ApplyReport
+
+    def stop(self) -> None: ...
+
+
 class _signals:
     """First SIGINT/SIGTERM: stop dispatching, let in-flight finish. Second: cancel in-flight."""
 
-    def __init__(self, executor: Executor, task: asyncio.Future[ApplyReport]) -> None:
+    def __init__(self, executor: Stoppable, task: asyncio.Future[ApplyReport]) -> None:
         self.executor = executor
         self.task = task
         self.count = 0

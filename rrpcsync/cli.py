@@ -17,20 +17,26 @@ import click
 from rrpcsync import __version__, manifest, render
 from rrpcsync.errors import ExitCode, ManifestError, RrpcsyncError, UsageError
 from rrpcsync.manifest import LoadResult
-from rrpcsync.model import Plan
+from rrpcsync.model import DesiredDevice, Plan, RolloutSpec
 from rrpcsync.options import (
     DEFAULT_PATHS,
     client_options,
     format_option,
     lock_timeout_option,
     paths_argument,
+    plan_output_options,
     prune_option,
+    refresh_options,
+    resync_after_option,
+    rollout_options,
     selection_options,
     state_option,
 )
 from rrpcsync.plan import Selection, make_plan, plan_document
+from rrpcsync.policy import declared_policies
 
 NEW_STATE = ""  # the lineage of a plan made when the state file did not exist yet
+Refresher = Callable[[Sequence[DesiredDevice], Any, Plan], Plan]  # (desired, state, plan)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -168,8 +174,10 @@ def compute_plan(
     state_path: str,
     selection: Selection,
     prune: bool,
+    refresh: Refresher | None = None,
 ) -> tuple[Any, Plan]:
-    """Load the state (while worker processes parse the manifests) and diff the two."""
+    """Load the state (while worker processes parse the manifests) and diff the two; `refresh`
+    then adds drift (--refresh, --resync-after)."""
     from rrpcsync.state import load_state
 
     desired, state = manifest.load_manifests_while(
@@ -184,7 +192,10 @@ def compute_plan(
         serial=state.serial,
         prune=prune,
         selection=selection,
+        policies=declared_policies(desired.manifests),
     )
+    if refresh is not None:
+        plan = refresh(desired.devices, state, plan)
     return state, plan
 
 
@@ -242,23 +253,13 @@ def append_step_summary(markdown: str) -> None:
         "rrpcsync plan --format markdown --out-markdown comment.md",
         "rrpcsync plan --target 'ASBHKN/dev-*' --selector site=shanghai",
         "rrpcsync plan --detailed-exitcode   # exit 2 when there are changes",
+        "rrpcsync plan --refresh             # probe devices for drift first",
     )
 )
 @paths_argument
 @state_option
 @format_option("text", "json", "markdown")
-@click.option(
-    "--out",
-    "out_path",
-    type=click.Path(dir_okay=False),
-    help="Save the plan for `apply PLAN.json`.",
-)
-@click.option(
-    "--out-markdown",
-    "md_path",
-    type=click.Path(dir_okay=False),
-    help="Also write the markdown (PR comment) form to this file.",
-)
+@plan_output_options
 @click.option(
     "--detailed-exitcode",
     is_flag=True,
@@ -266,6 +267,8 @@ def append_step_summary(markdown: str) -> None:
 )
 @selection_options
 @prune_option
+@refresh_options
+@client_options
 def plan(
     paths: tuple[str, ...],
     state_path: str,
@@ -277,20 +280,128 @@ def plan(
     excludes: tuple[str, ...],
     selectors: tuple[str, ...],
     prune: bool,
+    **options: Any,
 ) -> None:
-    """Show what apply would send: devices to create, update, retry, and orphans.
+    """Show what apply would send: devices to create, update, retry, drifted, and orphans.
 
-    Reads the state but never writes it. Invalid manifests print the validate output, exit 1.
+    Reads the state but never writes it (with --refresh too: what the probes saw is only
+    shown). Invalid manifests print the validate output, exit 1.
     """
     selection = selection_from(targets, excludes, selectors)
-    try:
-        _, the_plan = compute_plan(paths, state_path, selection, prune)
-    except ManifestError as error:
-        report_diagnostics(error, "text")
-        raise SystemExit(ExitCode.ERROR) from None
+    the_plan = plan_and_show(paths, state_path, selection, prune, options)
     write_plan_outputs(the_plan, output_format, out_path, md_path)
     if detailed_exitcode and the_plan.actionable:
         raise SystemExit(ExitCode.CHANGES)
+
+
+@cli.command(
+    epilog=examples(
+        "rrpcsync drift                      # exit 2 when devices drifted",
+        "rrpcsync drift configs/ --resync-after 7d --out-markdown drift.md",
+    )
+)
+@paths_argument
+@state_option
+@format_option("text", "json", "markdown")
+@plan_output_options
+@selection_options
+@resync_after_option
+@client_options
+def drift(
+    paths: tuple[str, ...],
+    state_path: str,
+    output_format: str,
+    out_path: str | None,
+    md_path: str | None,
+    targets: tuple[str, ...],
+    excludes: tuple[str, ...],
+    selectors: tuple[str, ...],
+    **options: Any,
+) -> None:
+    """Report drift, for alerting: `plan --refresh --detailed-exitcode`; sends no fix.
+
+    Probes the devices whose manifests declare spec.probe and prints the plan; the state is
+    not written. Exit 0 in sync, 2 drifted (or other changes to apply), 1 on errors.
+    """
+    selection = selection_from(targets, excludes, selectors)
+    the_plan = plan_and_show(paths, state_path, selection, False, {**options, "refresh": True})
+    write_plan_outputs(the_plan, output_format, out_path, md_path)
+    if the_plan.actionable:
+        raise SystemExit(ExitCode.CHANGES)
+
+
+def plan_and_show(
+    paths: Sequence[str],
+    state_path: str,
+    selection: Selection,
+    prune: bool,
+    options: dict[str, Any],
+) -> Plan:
+    """The plan of `plan` and `drift`; invalid manifests print the validate output, exit 1."""
+    try:
+        _, the_plan = compute_plan(
+            paths, state_path, selection, prune, drift_refresher(options, selection)
+        )
+    except ManifestError as error:
+        report_diagnostics(error, "text")
+        raise SystemExit(ExitCode.ERROR) from None
+    return the_plan
+
+
+# --------------------------------------------------------------------------- drift
+
+
+def drift_refresher(
+    options: dict[str, Any], selection: Selection, record: bool = False
+) -> Refresher | None:
+    """--refresh / --resync-after: probe devices, then plan `drift` changes (docs/drift.md).
+    With `record` (apply), what the probes saw goes into the state's records."""
+    refresh, resync_after = options.get("refresh", False), options.get("resync_after")
+    if not refresh and resync_after is None:
+        return None
+
+    def add_drift(desired: Sequence[DesiredDevice], state: Any, the_plan: Plan) -> Plan:
+        from rrpcsync import drift
+
+        observations = probe_for_drift(desired, state, selection, options) if refresh else {}
+        if record:
+            drift.record_observations(state.devices, observations)
+        return drift.drift_plan(
+            the_plan,
+            desired,
+            state.devices,
+            selection=selection,
+            observations=observations,
+            resync_after=resync_after,
+        )
+
+    return add_drift
+
+
+def probe_for_drift(
+    desired: Sequence[DesiredDevice], state: Any, selection: Selection, options: dict[str, Any]
+) -> dict[str, Any]:
+    """Observations of the devices to probe (none to probe: no request, no token needed)."""
+    from rrpcsync import drift
+    from rrpcsync.apply import ApplyOptions
+    from rrpcsync.progress import Progress
+
+    targets = drift.probe_targets(desired, state.devices, selection)
+    if not targets:
+        return {}
+    info(f"Probing {len(targets)} device(s) for drift...")
+    probe_options = ApplyOptions(
+        parallelism=options["parallelism"],
+        rate=options["rate"],
+        retries=options["retries"],
+        backoff=options["retry_backoff"],
+    )
+    progress = Progress(sys.stderr, live=sys.stderr.isatty() and not settings().quiet)
+    report = drift.probe_devices(targets, publisher_factory(options), probe_options, progress)
+    if report.fatal is not None:
+        fail(fatal_message(report.fatal.code or "Unknown"), ExitCode.ERROR)
+    info(drift.probe_summary(report))
+    return report.observations
 
 
 # --------------------------------------------------------------------------- error boundary
@@ -425,7 +536,9 @@ def apply_exit_code(report: Any, stale: Sequence[str]) -> ExitCode:
     if stale:
         info(f"error: {len(stale)} change(s) of the saved plan were stale and not applied")
         return ExitCode.ERROR
-    return ExitCode.PARTIAL if report.failed else ExitCode.OK
+    if report.aborted:
+        click.echo(f"error: {report.aborted}", err=True)
+    return ExitCode.PARTIAL if report.failed or report.blocked else ExitCode.OK
 
 
 def report_document(report: Any, stale: Sequence[str]) -> dict[str, Any]:
@@ -443,6 +556,8 @@ def report_document(report: Any, stale: Sequence[str]) -> dict[str, Any]:
         "requests": report.requests,
         "elapsed_seconds": round(report.elapsed, 3),
         "interrupted": report.interrupted,
+        "blocked": sorted(report.blocked),
+        "aborted": report.aborted,
     }
 
 
@@ -452,21 +567,26 @@ def report_document(report: Any, stale: Sequence[str]) -> dict[str, Any]:
         "rrpcsync plan --out plan.json && rrpcsync apply plan.json --auto-approve",
         "rrpcsync apply --target 'ASBHKN/dev-00*' --parallelism 50 --rate 20",
         "rrpcsync apply --prune --auto-approve --format json > report.json",
+        "rrpcsync apply --canary 5 --waves 10%,50% --max-failure-rate 2 --auto-approve",
+        "rrpcsync apply --refresh --auto-approve   # probe for drift and correct it",
     )
 )
 @paths_argument
 @state_option
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @client_options
+@rollout_options
 @format_option("text", "json")
 @lock_timeout_option
 @selection_options
 @prune_option
+@refresh_options
 def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options: Any) -> None:
-    """Send the plan's changes (create, update, retry) and record every reply in the state.
+    """Send the plan's changes (create, update, retry, drift) and record every reply in the state.
 
     PATHS are manifest files/folders, or one saved plan (`plan --out`). Exit 0 all applied,
-    3 some devices failed, 1 fatal error or stale saved plan, 4 locked, 130 interrupted.
+    3 some devices failed or were blocked, or the rollout was aborted (docs/rollouts.md),
+    1 fatal error or stale saved plan, 4 locked, 130 interrupted.
     """
     from rrpcsync.state import StateLock, save_state
 
@@ -475,8 +595,8 @@ def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options
         state, the_plan, stale = plan_for_apply(paths, state_path, options)
         show_plan(the_plan, to_stderr=json_out)
         if not the_plan.actionable and not stale:
-            if state.replayed:
-                save_state(state)  # fold a killed run's journal in
+            if state.replayed or the_plan.summary.probed > the_plan.summary.unreachable:
+                save_state(state)  # fold a killed run's journal in; keep what probes saw
             if json_out:
                 out(json.dumps(NO_CHANGES_REPORT, indent=2))
             return
@@ -498,13 +618,16 @@ NO_CHANGES_REPORT: dict[str, Any] = {
     "requests": 0,
     "elapsed_seconds": 0.0,
     "interrupted": False,
+    "blocked": [],
+    "aborted": None,
 }
 
 
 def execute(the_plan: Plan, state: Any, stale: Sequence[str], options: dict[str, Any]) -> Any:
     """Prune, then send; imported late so that a no-op apply never loads the HTTP stack."""
-    from rrpcsync.apply import ApplyOptions, ApplyReport, apply_changes
+    from rrpcsync.apply import ApplyOptions, ApplyReport
     from rrpcsync.progress import Progress
+    from rrpcsync.rollout import apply_rollout
 
     make_publisher = publisher_factory(options) if the_plan.summary.to_send else None
     pruned = prune_orphans(the_plan, state)
@@ -517,10 +640,24 @@ def execute(the_plan: Plan, state: Any, stale: Sequence[str], options: dict[str,
             retries=options["retries"],
             backoff=options["retry_backoff"],
         )
-        report = apply_changes(the_plan, state, make_publisher, apply_options, progress, stale)
+        flags = rollout_flags(options)
+        report = apply_rollout(
+            the_plan, state, make_publisher, apply_options, flags, progress, stale, info
+        )
     report.pruned = pruned
     report.stale = list(stale)
     return report
+
+
+def rollout_flags(options: dict[str, Any]) -> RolloutSpec:
+    """The rollout flags of apply; each one given overrides the manifests' `spec.rollout`."""
+    return RolloutSpec(
+        canary=options["canary"],
+        waves=options["waves"],
+        max_failures=options["max_failures"],
+        max_failure_rate=options["max_failure_rate"],
+        min_sample=options["min_sample"],
+    )
 
 
 def plan_for_apply(
@@ -529,11 +666,14 @@ def plan_for_apply(
     if is_saved_plan(paths):
         from rrpcsync.state import load_state
 
+        if options["refresh"] or options["resync_after"] is not None:
+            raise UsageError("--refresh and --resync-after plan from manifests, not a saved plan")
         state = load_state(Path(state_path))
         return (state, *load_saved_plan(paths[0], state))
     selection = selection_from(options["targets"], options["excludes"], options["selectors"])
+    refresh = drift_refresher(options, selection, record=True)
     try:
-        state, the_plan = compute_plan(paths, state_path, selection, options["prune"])
+        state, the_plan = compute_plan(paths, state_path, selection, options["prune"], refresh)
     except ManifestError as error:
         report_diagnostics(error, "text")
         raise SystemExit(ExitCode.ERROR) from None
@@ -568,6 +708,8 @@ def render_report(report: Any, stale: Sequence[str], json_out: bool) -> None:
         report.elapsed,
         report.requests,
     )
+    if report.blocked:
+        lines.append(f"  blocked {len(report.blocked):>5}  (a dependency had failures)")
     for line in lines:
         out(line)
     append_step_summary("\n".join(["### rrpcsync apply", "", *lines, ""]))

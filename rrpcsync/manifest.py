@@ -21,15 +21,19 @@ from typing import Any, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from rrpcsync import probe as probes
 from rrpcsync import secrets
 from rrpcsync.errors import Diagnostic
-from rrpcsync.model import EMPTY_LABELS, DesiredDevice
+from rrpcsync.expect import ManifestExpectations, check_echo_payload
+from rrpcsync.model import EMPTY_LABELS, DesiredDevice, ManifestPolicy
+from rrpcsync.policy import DEFAULT_POLICY, dependency_problems, parse_policy
 
 T = TypeVar("T")
 
 API_VERSION = "rrpcsync/v1"
 MAX_PAYLOAD_BYTES = 65_536  # MQTT message limit (InvalidParameterValue.PayloadOverLimit)
 MAX_EXPANDED_NODES = 1_000_000  # alias ("billion laughs") budget per document
+MAX_NESTING = 1_000  # nested collections; a payload this deep cannot be sent as JSON anyway
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -41,9 +45,10 @@ class _ManifestLoader(_BaseLoader):  # type: ignore[valid-type,misc]
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         pairs_before = len(node.value)
+        merges = any(key.tag == "tag:yaml.org,2002:merge" for key, _ in node.value)
         mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         # flatten_mapping (merge keys "<<") changes node.value; duplicates are legal there.
-        if len(mapping) != pairs_before and len(node.value) == pairs_before:
+        if len(mapping) != pairs_before and not merges:
             _raise_duplicate_key(node)
         return mapping
 
@@ -60,6 +65,13 @@ def _raise_duplicate_key(node: MappingNode) -> None:
                 key_node.start_mark,
             )
         seen.add(key)
+    # Different text, same value: 1, 0x1, 1.0 and true are one Python key (the last would win).
+    raise yaml.constructor.ConstructorError(
+        "while constructing a mapping",
+        node.start_mark,
+        "found keys that are the same value (such as 1, 1.0 and true); quote them",
+        node.start_mark,
+    )
 
 
 def _yaml12_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
@@ -83,6 +95,18 @@ _ManifestLoader.add_constructor(
     "tag:yaml.org,2002:bool",
     lambda loader, node: node.value.lower() == "true",
 )
+
+
+def _construct_int(loader: yaml.SafeLoader, node: ScalarNode) -> int:
+    try:
+        return int(yaml.constructor.SafeConstructor.construct_yaml_int(loader, node))
+    except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+        raise yaml.constructor.ConstructorError(
+            None, None, f"the integer {node.value[:12]}… has too many digits", node.start_mark
+        ) from None
+
+
+_ManifestLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 # --------------------------------------------------------------------------- schema
@@ -141,15 +165,20 @@ def sha256_text(text: str) -> str:
 
 
 def merge(base: Any, override: Any) -> Any:
-    """Deep merge: mappings merge key by key, `None` deletes a key, anything else replaces."""
+    """Deep merge: mappings merge key by key, `None` deletes a key, anything else replaces.
+
+    `None` deletes at every depth, also inside a mapping the base does not have (or has as
+    a scalar): the override's nulls are never sent.
+    """
     if not (isinstance(base, dict) and isinstance(override, dict)):
         return override
     merged = dict(base)
     for key, value in override.items():
         if value is None:
             merged.pop(key, None)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
+        elif isinstance(value, dict):
+            current = merged.get(key)
+            merged[key] = merge(current if isinstance(current, dict) else {}, value)
         else:
             merged[key] = value
     return merged
@@ -165,6 +194,8 @@ class ManifestInfo:
     line: int
     product_id: str
     devices: int
+    policy: ManifestPolicy = DEFAULT_POLICY  # spec.priority, dependsOn, rollout
+    dependency_marks: tuple[tuple[int, int], ...] = ()  # (line, column) of each dependsOn
 
 
 @dataclass(slots=True)
@@ -309,10 +340,43 @@ def _read_text(path: Path) -> tuple[str, Diagnostic | None]:
 
 
 _ANCHOR = re.compile(r"&[^\s\[\]{},]")
+# Text that might nest collections deeper than MAX_NESTING: 500+ columns of indentation, or
+# 250+ compact block indicators on one line ("- - - - ..."); flow brackets are counted.
+_DEEP_BLOCK = re.compile(r"^[ \t]{500}|(?:[-?:][ \t]+){250}", re.MULTILINE)
+
+
+def _nesting_problem(file: str, text: str) -> Diagnostic | None:
+    """Refuse collections nested more than MAX_NESTING levels deep.
+
+    libyaml's composer recurses on the C stack: some 20,000 levels (a 40 KB file) crash the
+    process. Text that cannot nest that deep passes the cheap checks; other text is measured
+    on the event stream, which does not recurse.
+    """
+    if text.count("[") + text.count("{") < MAX_NESTING and _DEEP_BLOCK.search(text) is None:
+        return None
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_BaseLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_NESTING:
+                    mark = event.start_mark
+                    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+                    message = f"YAML: collections nested more than {MAX_NESTING:,} levels deep"
+                    return Diagnostic(file, line, column, "$", message)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return None  # reported with its position when the file is loaded
+    return None
 
 
 def _documents(file: str, text: str, problems: list[Diagnostic]) -> Iterator[tuple[Any, Node]]:
     """(constructed document, its node tree) for each non-empty document of a file."""
+    nesting = _nesting_problem(file, text)
+    if nesting is not None:
+        problems.append(nesting)
+        return
     loader = _ManifestLoader(text)
     check_aliases = _ANCHOR.search(text) is not None
     try:
@@ -407,6 +471,10 @@ def _load_document(file: str, document: Any, root: Node, result: LoadResult) -> 
     device_nodes = _lookup(root, ("spec", "devices"))
     assert isinstance(device_nodes, SequenceNode)
     devices_before = len(result.devices)
+    report = _reporter(file, root, result.diagnostics)
+    policy = parse_policy(spec, report)
+    expectations = ManifestExpectations(spec.get("expect"), report)
+    probe = probes.parse_probe(spec.get("probe"), report)
     # the shared payload's (text, sha256, template), made once per manifest
     default: tuple[str, str, str | None] | None = None
     for index, (entry, node) in enumerate(zip(spec["devices"], device_nodes.value, strict=True)):
@@ -428,6 +496,11 @@ def _load_document(file: str, document: Any, root: Node, result: LoadResult) -> 
             (text, template), digest = made, sha256_text(made[0])
             if override is None:
                 default = (text, digest, template)
+        expect = expectations.of(index, entry)
+        if expect is not None and not check_echo_payload(
+            expect, text, ("spec", "devices", index), report
+        ):
+            continue
         result.devices.append(
             DesiredDevice(
                 key=f"{product_id}/{device_name}",
@@ -440,11 +513,30 @@ def _load_document(file: str, document: Any, root: Node, result: LoadResult) -> 
                 line=line,
                 labels=device_labels,
                 template=template,
+                expect=expect,
+                probe=probe,
             )
         )
     line, _ = _mark(root)
     count = len(result.devices) - devices_before
-    result.manifests.append(ManifestInfo(name, file, line, product_id, count))
+    marks = _item_marks(root, ("spec", "dependsOn"))
+    result.manifests.append(ManifestInfo(name, file, line, product_id, count, policy, marks))
+
+
+def _reporter(file: str, root: Node, problems: list[Diagnostic]) -> Callable[..., None]:
+    """`report(path, message)`: a diagnostic at the node of a path inside this document."""
+
+    def report(path: tuple[Any, ...], message: str) -> None:
+        node = _lookup(root, path, at_key=True)
+        line, column = _mark(node if node is not None else root)
+        problems.append(Diagnostic(file, line, column, _json_path(path), message))
+
+    return report
+
+
+def _item_marks(root: Node, path: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    node = _lookup(root, path)
+    return tuple(_mark(item) for item in node.value) if isinstance(node, SequenceNode) else ()
 
 
 def _payload_text(
@@ -513,10 +605,10 @@ def _explain(error: Any) -> Iterator[tuple[tuple[Any, ...], str]]:
         for key in sorted(set(error.instance) - set(allowed), key=str):
             yield (*path, key), f"unknown key {key!r} (allowed: {', '.join(allowed)})"
     elif error.validator == "anyOf" and error.context:
-        yield from _explain_device(error, path)
+        yield from _explain_any_of(error, path)
     elif error.validator == "const":
         yield path, f"must be {error.validator_value!r}, not {error.instance!r}"
-    elif error.validator == "minItems" and error.instance == []:
+    elif error.validator == "minItems" and error.instance == [] and path == ("spec", "devices"):
         yield path, "must list at least one device"
     elif error.validator == "propertyNames":
         yield (*path, error.instance), f"invalid label key {error.instance!r}"
@@ -524,14 +616,27 @@ def _explain(error: Any) -> Iterator[tuple[tuple[Any, ...], str]]:
         yield path, error.message
 
 
-def _explain_device(error: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:
-    branch = 0 if isinstance(error.instance, str) else 1 if isinstance(error.instance, dict) else -1
-    if branch < 0:
+def _explain_any_of(error: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Explain the alternative whose type fits the value (a device name or mapping, …)."""
+    wrong_type = {
+        sub.schema_path[0] for sub in error.context if sub.schema_path and _is_type_error(sub)
+    }
+    fits = [
+        sub for sub in error.context if sub.schema_path and sub.schema_path[0] not in wrong_type
+    ]
+    if not fits and path[:2] == ("spec", "devices") and len(path) == 3:
         yield path, "a device must be a name or a mapping with `name` (and `labels`, `payload`)"
-        return
-    for sub in error.context:
-        if sub.schema_path and sub.schema_path[0] == branch:
+    elif not fits:
+        yield path, f"{error.instance!r} is not allowed here: {error.schema.get('description', '')}"
+    for sub in fits:
+        if sub.schema_path[0] == fits[0].schema_path[0]:
             yield from _explain(sub)
+
+
+def _is_type_error(sub: Any) -> bool:
+    if sub.validator == "const":
+        return type(sub.instance) is not type(sub.validator_value)
+    return bool(sub.validator == "type" and not sub.relative_path)
 
 
 def _json_path(path: Iterable[Any]) -> str:
@@ -592,6 +697,7 @@ def cross_file_problems(result: LoadResult) -> list[Diagnostic]:
         if earlier_device is not device:
             message = f"device {device.key} is declared twice: first at {earlier_device.source}"
             problems.append(Diagnostic(device.file, device.line, 1, "$.spec.devices", message))
+    problems.extend(dependency_problems(result.manifests))
     return problems
 
 

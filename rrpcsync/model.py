@@ -24,10 +24,11 @@ class Action(str, enum.Enum):
     RETRY = "retry"
     NOOP = "noop"
     ORPHAN = "orphan"
+    DRIFT = "drift"  # applied per the state, but the device says otherwise (or is stale)
 
     @property
     def sends(self) -> bool:
-        return self in (Action.CREATE, Action.UPDATE, Action.RETRY)
+        return self in (Action.CREATE, Action.UPDATE, Action.RETRY, Action.DRIFT)
 
 
 class DesiredDevice(NamedTuple):
@@ -47,6 +48,8 @@ class DesiredDevice(NamedTuple):
     line: int
     labels: Mapping[str, str] = EMPTY_LABELS
     template: str | None = None  # the payload with its `${env:…}` references, if sensitive
+    expect: Expectation | None = None  # reply check (`expect`), shared by a manifest's devices
+    probe: Probe | None = None  # drift probe (`spec.probe`), shared by a manifest's devices
 
     @property
     def source(self) -> str:
@@ -84,6 +87,8 @@ class DeviceRecord(NamedTuple):
     attempts: int = 0
     last_error: ErrorInfo | None = None
     manifest: str | None = None
+    observed: str | None = None  # config the device reported to a drift probe (JSON, masked)
+    observed_at: str | None = None  # RFC 3339 UTC time of that probe reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +105,10 @@ class Change:
     payload_sha256_before: str | None = None
     last_error_code: str | None = None  # for retries
     payload_template: str | None = None  # set when the payload references ${env:…} (sensitive)
+    expect: Expectation | None = None  # reply check for create/update/retry
+    reason: str | None = None  # drift: "drift" (a probe saw another config) or "stale"
+    observed: str | None = None  # drift: the reported config as compared (JSON, masked)
+    applied_at: str | None = None  # drift: when the device last acknowledged its payload
 
     @property
     def shown_payload(self) -> str | None:
@@ -114,10 +123,13 @@ class Summary:
     retry: int = 0
     orphan: int = 0
     noop: int = 0
+    drift: int = 0
+    probed: int = 0  # devices sent a drift probe (--refresh)
+    unreachable: int = 0  # probed devices that did not answer (listed, not changes)
 
     @property
     def to_send(self) -> int:
-        return self.create + self.update + self.retry
+        return self.create + self.update + self.retry + self.drift
 
     @property
     def has_changes(self) -> bool:
@@ -134,8 +146,57 @@ class Plan:
     summary: Summary
     unchanged_by_manifest: Mapping[str, int] = field(default_factory=dict)
     prune: bool = False
+    policies: Mapping[str, ManifestPolicy] = field(default_factory=dict)  # non-default only
+    refreshed: bool = False  # drift-checked: made with --refresh or --resync-after
+    unreachable: tuple[Unreachable, ...] = ()  # devices whose drift probe got no usable answer
 
     @property
     def actionable(self) -> bool:
         """Apply would send or forget something (orphans count only with --prune)."""
         return self.summary.to_send > 0 or (self.prune and self.summary.orphan > 0)
+
+
+class Expectation(NamedTuple):
+    """A reply check (`expect`, docs/rollouts.md): a reply that fails it is `ReplyMismatch`."""
+
+    require_json: bool = True  # the reply must be valid JSON
+    equals: tuple[tuple[str, str], ...] = ()  # (JSON pointer, canonical JSON of the value)
+    regex: str | None = None  # re.search on the reply text
+    echo_sha256: bool = False  # the reply carries the hex SHA-256 of the payload sent
+    echo_fields: tuple[str, ...] = ()  # JSON pointers: reply value == payload value
+
+
+class RolloutSpec(NamedTuple):
+    """Staging and abort criteria: a manifest's `spec.rollout`, or the apply flags."""
+
+    canary: int | None = None
+    waves: tuple[str, ...] | None = None  # cumulative: "5" (devices) or "10%"
+    max_failures: int | None = None  # failures tolerated; one more aborts the rollout
+    max_failure_rate: float | None = None  # percent; above it aborts (after min_sample)
+    min_sample: int | None = None
+
+
+class ManifestPolicy(NamedTuple):
+    """How a manifest's devices are ordered and staged (`spec.priority/dependsOn/rollout`)."""
+
+    priority: int = 0
+    depends_on: tuple[str, ...] = ()
+    rollout: RolloutSpec = RolloutSpec()
+
+
+class Probe(NamedTuple):
+    """How to ask a device for its current config (`spec.probe`, docs/drift.md)."""
+
+    payload: str  # exactly the Payload to send (canonical JSON or a verbatim string)
+    pointer: str = ""  # JSON pointer to the config inside the JSON reply ("" = all of it)
+    ignore: tuple[str, ...] = ()  # JSON pointers (into the desired payload) the device owns
+
+
+class Unreachable(NamedTuple):
+    """A device whose drift probe got no usable answer: reported, never re-sent blindly."""
+
+    key: str
+    manifest: str | None
+    source: str | None
+    code: str  # the cloud's error code, or Probe.* when the reply could not be read
+    message: str

@@ -139,3 +139,96 @@ client_options = _stack(
         help="First retry waits up to this long (full jitter, doubling each retry).",
     ),
 )
+
+
+def _waves_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from rrpcsync.policy import parse_waves
+
+    try:
+        return parse_waves(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+rollout_options = _stack(
+    click.option(
+        "--canary",
+        type=click.IntRange(min=0),
+        default=None,
+        metavar="N",
+        help="Send to N devices first (spread across manifests); go on only if all succeed.",
+    ),
+    click.option(
+        "--waves",
+        callback=_waves_option,
+        metavar="LIST",
+        help="Cumulative wave sizes, counts or percentages: 1,10%,50%,100%.",
+    ),
+    click.option(
+        "--max-failures",
+        type=click.IntRange(min=0),
+        default=None,
+        metavar="N",
+        help="Abort the rollout at failure N+1 (stop sending, exit 3).",
+    ),
+    click.option(
+        "--max-failure-rate",
+        type=click.FloatRange(0, 100),
+        default=None,
+        metavar="PERCENT",
+        help="Abort when more than PERCENT of the results failed (after --min-sample).",
+    ),
+    click.option(
+        "--min-sample",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="M",
+        help="Results needed before --max-failure-rate applies.  [default: 20]",
+    ),
+)
+
+
+def _duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from rrpcsync.probe import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+resync_after_option = click.option(
+    "--resync-after",
+    callback=_duration_option,
+    metavar="DURATION",
+    help="Re-send to devices not probed whose last apply is older than this (30m, 24h, 7d).",
+)
+
+refresh_options = _stack(
+    click.option(
+        "--refresh",
+        is_flag=True,
+        help="First probe devices (spec.probe) for the config they hold; plan `drift` changes "
+        "for those that differ (docs/drift.md).",
+    ),
+    resync_after_option,
+)
+
+plan_output_options = _stack(
+    click.option(
+        "--out",
+        "out_path",
+        type=click.Path(dir_okay=False),
+        help="Save the plan for `apply PLAN.json`.",
+    ),
+    click.option(
+        "--out-markdown",
+        "md_path",
+        type=click.Path(dir_okay=False),
+        help="Also write the markdown (PR comment) form to this file.",
+    ),
+)

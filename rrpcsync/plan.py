@@ -10,9 +10,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rrpcsync import secrets
+from rrpcsync import expect, secrets
 from rrpcsync.errors import PlanFileError, UsageError
-from rrpcsync.model import Action, Change, DesiredDevice, DeviceRecord, Plan, Status, Summary
+from rrpcsync.model import (
+    Action,
+    Change,
+    DesiredDevice,
+    DeviceRecord,
+    ManifestPolicy,
+    Plan,
+    Status,
+    Summary,
+)
+from rrpcsync.policy import policy_from_document, policy_to_document
 
 PLAN_FORMAT = "rrpcsync-plan"
 PLAN_FORMAT_VERSION = 1
@@ -24,6 +34,11 @@ PLAN_FORMAT_VERSION = 1
 def change_for(device: DesiredDevice, record: DeviceRecord | None) -> Change:
     """What apply must do so that `device` ends with its desired payload."""
     return _change(device, record, _action(device.payload_sha256, record))
+
+
+def resend_change(device: DesiredDevice, record: DeviceRecord | None, action: Action) -> Change:
+    """A change that sends the desired payload again (`drift`, see rrpcsync/drift.py)."""
+    return _change(device, record, action)
 
 
 def _change(device: DesiredDevice, record: DeviceRecord | None, action: Action) -> Change:
@@ -38,6 +53,7 @@ def _change(device: DesiredDevice, record: DeviceRecord | None, action: Action) 
         payload_sha256_before=record.payload_sha256 if record else None,
         last_error_code=_last_error_code(record) if action is Action.RETRY else None,
         payload_template=device.template if action.sends else None,
+        expect=device.expect if action.sends else None,
     )
 
 
@@ -79,8 +95,12 @@ def make_plan(
     serial: int,
     prune: bool = False,
     selection: Selection | None = None,
+    policies: Mapping[str, ManifestPolicy] | None = None,
 ) -> Plan:
-    """Diff the desired devices against the state; no-ops are counted, not listed."""
+    """Diff the desired devices against the state; no-ops are counted, not listed.
+
+    `policies` (priority, dependsOn, rollout of manifests that set them) ride along for apply.
+    """
     selection = selection or Selection()
     changes: list[Change] = []
     unchanged: Counter[str] = Counter()
@@ -108,7 +128,7 @@ def make_plan(
         orphan=counts[Action.ORPHAN],
         noop=sum(unchanged.values()),
     )
-    return Plan(lineage, serial, tuple(changes), summary, dict(unchanged), prune)
+    return Plan(lineage, serial, tuple(changes), summary, dict(unchanged), prune, policies or {})
 
 
 # --------------------------------------------------------------------------- targeting
@@ -222,9 +242,20 @@ def plan_document(plan: Plan, *, created_at: str, include_payloads: bool = True)
             "retry": summary.retry,
             "orphan": summary.orphan,
             "unchanged": summary.noop,
+            **_drift_counts(plan),
         },
         "changes": [_change_document(change, include_payloads) for change in plan.changes],
+        **_unreachable_document(plan),
+        **_policies_document(plan),
     }
+
+
+def _policies_document(plan: Plan) -> dict[str, Any]:
+    """`manifests`: priority, dependsOn, rollout of the manifests that set them (if any)."""
+    if not plan.policies:
+        return {}
+    policies = sorted(plan.policies.items())
+    return {"manifests": {name: policy_to_document(policy) for name, policy in policies}}
 
 
 def _change_document(change: Change, include_payloads: bool) -> dict[str, Any]:
@@ -238,6 +269,10 @@ def _change_document(change: Change, include_payloads: bool) -> dict[str, Any]:
     }
     if change.last_error_code is not None:
         doc["last_error_code"] = change.last_error_code
+    if change.expect is not None:
+        doc["expect"] = expect.to_document(change.expect)
+    if change.action is Action.DRIFT:
+        doc.update(reason=change.reason, observed=change.observed, applied_at=change.applied_at)
     if include_payloads and change.action.sends:
         if change.payload_template is not None:  # sensitive: re-resolved from env on apply
             doc["payload_template"] = change.payload_template
@@ -262,6 +297,10 @@ def plan_from_document(doc: Any, source: str, env: Mapping[str, str] | None = No
         changes = tuple(_change_from_document(item, env or {}) for item in doc["changes"])
         lineage, serial = str(doc["lineage"] or ""), int(doc["serial"])
         prune = bool(doc.get("prune", False))
+        policies = {
+            str(name): policy_from_document(item)
+            for name, item in (doc.get("manifests") or {}).items()
+        }
     except secrets.MissingVariable as missing:
         raise PlanFileError(
             f"{source}: environment variable {missing.name} is not set "
@@ -276,8 +315,22 @@ def plan_from_document(doc: Any, source: str, env: Mapping[str, str] | None = No
         counts[Action.RETRY],
         counts[Action.ORPHAN],
         int(doc.get("summary", {}).get("unchanged", 0)),
+        drift=counts[Action.DRIFT],
     )
-    return Plan(lineage, serial, changes, summary, {}, prune)
+    return Plan(lineage, serial, changes, summary, {}, prune, policies)
+
+
+def _drift_counts(plan: Plan) -> dict[str, int]:
+    """Drift-checked plans (--refresh, --resync-after) also count drifted and unreachable."""
+    if not plan.refreshed:
+        return {}
+    return {"drift": plan.summary.drift, "unreachable": plan.summary.unreachable}
+
+
+def _unreachable_document(plan: Plan) -> dict[str, Any]:
+    if not plan.refreshed:
+        return {}
+    return {"unreachable": [item._asdict() for item in plan.unreachable]}
 
 
 def _resolve_saved(template: str, digest: object, env: Mapping[str, str]) -> str:
@@ -313,4 +366,8 @@ def _change_from_document(item: Mapping[str, Any], env: Mapping[str, str]) -> Ch
         payload_sha256_before=item.get("payload_sha256_before"),
         last_error_code=item.get("last_error_code"),
         payload_template=template if isinstance(template, str) else None,
+        expect=expect.from_document(item["expect"]) if "expect" in item else None,
+        reason=item.get("reason"),
+        observed=item.get("observed"),
+        applied_at=item.get("applied_at"),
     )

@@ -8,18 +8,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from rrpcsync.errors import Diagnostic
+from rrpcsync.expect import describe as describe_expectation
 from rrpcsync.model import Action, Change, Plan, Summary
 
 MARKDOWN_LIMIT = 60_000  # GitHub comments hold 65,536 characters; leave room for wrappers
 MARKDOWN_MARKER = "<!-- rrpcsync-plan -->"
 SECTION_LINES = 50  # changes listed per manifest in markdown before "… and N more"
 
-_ANSI = {"green": 32, "yellow": 33, "red": 31, "cyan": 36, "bold": 1, "dim": 2}
+_ANSI = {"green": 32, "yellow": 33, "red": 31, "cyan": 36, "magenta": 35, "bold": 1, "dim": 2}
 SYMBOLS = {
     Action.CREATE: ("+", "green"),
     Action.UPDATE: ("~", "yellow"),
     Action.RETRY: ("↻", "cyan"),
     Action.ORPHAN: ("-", "red"),
+    Action.DRIFT: ("!", "magenta"),
 }
 NO_MANIFEST = "(no longer declared)"
 
@@ -113,10 +115,11 @@ def _short(text: str | None, width: int = 80) -> str:
 # --------------------------------------------------------------------------- plan: text
 
 
-def summary_sentence(summary: Summary) -> str:
+def summary_sentence(summary: Summary, drift_checked: bool = False) -> str:
+    drifted = f"{summary.drift} drifted, " if drift_checked or summary.drift else ""
     return (
         f"Plan: {summary.create} to create, {summary.update} to update, "
-        f"{summary.retry} to retry, {summary.orphan} orphaned, {summary.noop} unchanged."
+        f"{summary.retry} to retry, {drifted}{summary.orphan} orphaned, {summary.noop} unchanged."
     )
 
 
@@ -136,20 +139,38 @@ def change_headline(change: Change) -> str:
         text += f"  last error: {change.last_error_code or 'unknown'}"
     if change.action is Action.ORPHAN:
         text += "  no longer declared; forgotten with --prune, nothing is sent"
+    if change.action is Action.DRIFT:
+        text += f"  {drift_reason(change)}"
     return text
 
 
+def drift_reason(change: Change) -> str:
+    if change.reason == "stale":
+        return f"stale: last applied {change.applied_at or 'at an unknown time'}, re-sent"
+    return "drifted: the device reports another config (reported → desired)"
+
+
 def change_details(change: Change) -> list[str]:
+    details = _payload_details(change)
+    if change.expect is not None and change.action.sends:
+        details.append(f"expect: {describe_expectation(change.expect)}")
+    return details
+
+
+def _payload_details(change: Change) -> list[str]:
     if change.action is Action.UPDATE:
         return payload_diff(change.payload_before, change.shown_payload)
     if change.action is Action.CREATE:
         return [_short(change.shown_payload, 120)]
+    if change.action is Action.DRIFT and change.reason != "stale":
+        return payload_diff(change.observed, change.shown_payload)
     return []
 
 
 def plan_text(plan: Plan, *, color: bool = False, prune: bool = False) -> Iterator[str]:
     if not plan.summary.has_changes:
         yield f"No changes. {plan.summary.noop} device(s) already match the manifests."
+        yield from drift_check_lines(plan)
         return
     for manifest, changes in by_manifest(plan.changes).items():
         yield paint(f"{manifest}:", "bold", color)
@@ -159,9 +180,25 @@ def plan_text(plan: Plan, *, color: bool = False, prune: bool = False) -> Iterat
             for detail in change_details(change):
                 yield "      " + paint(detail, "dim", color)
     yield ""
-    yield paint(summary_sentence(plan.summary), "bold", color)
+    yield paint(summary_sentence(plan.summary, plan.refreshed), "bold", color)
     if plan.summary.orphan and not prune:
         yield "Orphaned devices are only reported; `apply --prune` forgets them from the state."
+    yield from drift_check_lines(plan)
+
+
+def drift_check_lines(plan: Plan) -> Iterator[str]:
+    """How the drift check went: devices probed, and those whose probe got no answer."""
+    summary = plan.summary
+    if not plan.refreshed or not summary.probed:
+        return
+    line = f"Drift check: {summary.probed} device(s) probed, {summary.unreachable} unreachable"
+    if not plan.unreachable:
+        yield line + "."
+        return
+    yield line + " (the probe got no usable answer; nothing is sent to them):"
+    for item in plan.unreachable:
+        where = f"  ({item.source})" if item.source else ""
+        yield f"  ? {item.key}{where}  {item.code}: {item.message}"
 
 
 # --------------------------------------------------------------------------- plan: markdown
@@ -180,6 +217,7 @@ def plan_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT, title: str = "rrpc
         f"| {summary.noop} |",
         "",
     ]
+    head += _markdown_drift(plan)
     if not summary.has_changes:
         return "\n".join([*head, "No changes: every device matches the manifests.", ""])
     footer = "_Run `rrpcsync plan` locally (or see the job log) for the full plan._"
@@ -189,6 +227,30 @@ def plan_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT, title: str = "rrpc
         [f"**{left_out} change(s) not shown here to keep the comment short.**"] if left_out else []
     )
     return "\n".join([*head, *sections, *tail, "", footer, ""])
+
+
+def _markdown_drift(plan: Plan) -> list[str]:
+    """Drift-checked plans: the counts, and the devices whose probe got no answer."""
+    if not plan.refreshed:
+        return []
+    summary = plan.summary
+    lines = [
+        f"**Drift check:** {summary.drift} drifted, {summary.probed} probed, "
+        f"{summary.unreachable} unreachable.",
+        "",
+    ]
+    if plan.unreachable:
+        shown = plan.unreachable[:SECTION_LINES]
+        lines.append(
+            f"<details><summary><b>Unreachable</b>: {len(plan.unreachable)} device(s), "
+            "nothing sent</summary>"
+        )
+        lines.append("")
+        lines.extend(f"- `{u.key}`: {_html(f'{u.code}: {u.message}')}" for u in shown)
+        if len(plan.unreachable) > len(shown):
+            lines.append(f"- … and {len(plan.unreachable) - len(shown)} more")
+        lines.extend(["</details>", ""])
+    return lines
 
 
 def _markdown_sections(changes: Sequence[Change], budget: int) -> tuple[list[str], int]:

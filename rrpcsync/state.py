@@ -14,6 +14,7 @@ import logging
 import operator
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import uuid
@@ -64,6 +65,8 @@ RECORD_FIELDS = (  # sorted: the order written
     "last_error",
     "manifest",
     "message_id",
+    "observed",
+    "observed_at",
     "payload",
     "payload_sha256",
     "reply_base64",
@@ -72,10 +75,16 @@ RECORD_FIELDS = (  # sorted: the order written
     "status",
     "target_sha256",
 )
+# Added within version 1 (drift probes, docs/drift.md): written only when set, so the records
+# of devices never probed read exactly as before, and files without them load.
+OPTIONAL_RECORD_FIELDS = ("observed", "observed_at")
+REQUIRED_RECORD_FIELDS = tuple(n for n in RECORD_FIELDS if n not in OPTIONAL_RECORD_FIELDS)
 ERROR_FIELDS = ("at", "code", "message")
 _TEXT_OR_NULL_FIELDS = (
     "applied_at",
     "manifest",
+    "observed",
+    "observed_at",
     "payload",
     "payload_sha256",
     "reply_base64",
@@ -83,11 +92,12 @@ _TEXT_OR_NULL_FIELDS = (
     "request_id",
     "target_sha256",
 )
-_RECORD_FIELD_SET = frozenset(RECORD_FIELDS)
+_RECORD_FIELD_SET = frozenset(REQUIRED_RECORD_FIELDS)
+_ALL_RECORD_FIELD_SET = frozenset(RECORD_FIELDS)
 _ERROR_FIELD_SET = frozenset(ERROR_FIELDS)
 _TEXT_OR_NULL_TYPES = frozenset({str, type(None)})
 _INT_OR_NULL_TYPES = frozenset({int, type(None)})
-_record_values = operator.itemgetter(*RECORD_FIELDS)
+_record_values = operator.itemgetter(*REQUIRED_RECORD_FIELDS)
 _STATUS_BY_VALUE = {status.value: status for status in Status}
 
 
@@ -129,8 +139,11 @@ class State:
 
 
 def record_to_dict(rec: DeviceRecord) -> dict[str, Any]:
-    """The JSON form of a record: every field, nulls included, keys sorted."""
+    """The JSON form of a record: every field, nulls included (optional fields only when set),
+    keys sorted."""
     error = rec.last_error
+    observed = {} if rec.observed is None else {"observed": rec.observed}
+    observed_at = {} if rec.observed_at is None else {"observed_at": rec.observed_at}
     return {
         "applied_at": rec.applied_at,
         "attempts": rec.attempts,
@@ -139,6 +152,8 @@ def record_to_dict(rec: DeviceRecord) -> dict[str, Any]:
         else {"at": error.at, "code": error.code, "message": error.message},
         "manifest": rec.manifest,
         "message_id": rec.message_id,
+        **observed,
+        **observed_at,
         "payload": rec.payload,
         "payload_sha256": rec.payload_sha256,
         "reply_base64": rec.reply_base64,
@@ -220,10 +235,11 @@ def _is_plain_error(error: object) -> bool:
 def _checked_record(key: str, data: object) -> DeviceRecord:
     if not isinstance(data, dict):
         raise _bad_record(key, f"must be an object, not {json_type(data)}")
-    if data.keys() != _RECORD_FIELD_SET:
-        raise _bad_record(key, _field_set_problem(data.keys(), RECORD_FIELDS))
+    if not _RECORD_FIELD_SET <= data.keys() <= _ALL_RECORD_FIELD_SET:
+        problem = _field_set_problem(data.keys(), REQUIRED_RECORD_FIELDS, OPTIONAL_RECORD_FIELDS)
+        raise _bad_record(key, problem)
     for name in _TEXT_OR_NULL_FIELDS:
-        value = data[name]
+        value = data.get(name)
         if value is not None and not isinstance(value, str):
             raise _bad_field(key, name, "a string or null", value)
     return DeviceRecord(
@@ -239,6 +255,8 @@ def _checked_record(key: str, data: object) -> DeviceRecord:
         attempts=_attempts(key, data["attempts"]),
         last_error=_last_error(key, data["last_error"]),
         manifest=data["manifest"],
+        observed=data.get("observed"),
+        observed_at=data.get("observed_at"),
     )
 
 
@@ -292,12 +310,14 @@ def json_type(value: object) -> str:
     return "an array" if isinstance(value, list) else "an object"
 
 
-def _field_set_problem(present: Iterable[str], expected: Iterable[str]) -> str:
+def _field_set_problem(
+    present: Iterable[str], expected: Iterable[str], optional: Iterable[str] = ()
+) -> str:
     present_set, expected_set = set(present), set(expected)
     missing = sorted(expected_set - present_set)
     if missing:
         return f"missing field '{missing[0]}'"
-    unknown = sorted(present_set - expected_set, key=str)
+    unknown = sorted(present_set - expected_set - set(optional), key=str)
     return f"unknown field '{unknown[0]}' (a typo, or written by a newer rrpcsync?)"
 
 
@@ -339,7 +359,36 @@ def read_state_file(path: Path) -> State:
             records = _records(devices)
         except StateError as exc:
             raise StateError(f"{path}: {exc}") from None
+    if raw.count(b'"status"') > len(records):  # more records written than read: a repeated key?
+        _check_unique_keys(path, raw)
     return State(path, lineage, serial, records, exists=True)
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return mapping
+
+
+def _check_unique_keys(path: Path, raw: bytes) -> None:
+    """json.loads keeps the last of repeated keys: a second "devices" (or device key) would
+    silently hide records, even all of them. Only run when the cheap count above disagrees."""
+    try:
+        json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_pairs)
+    except _RepeatedKey as exc:
+        raise StateError(
+            f"{path}: the key {json.dumps(exc.args[0], ensure_ascii=False)} appears twice in "
+            f"one object (a bad merge or edit?){_backup_hint(path)}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -599,11 +648,26 @@ def keep_backup(target: Path) -> None:
         return  # the first save: nothing to keep
     except OSError:  # no hard links on this file system
         _copy_private(target, staging)
+    else:
+        _make_link_private(target, staging)
     try:
         os.replace(staging, backup)
     except BaseException:
         unlink_quietly(staging)
         raise
+
+
+def _make_link_private(target: Path, link: Path) -> None:
+    """The link shares the state file's inode, whose mode may be looser (a git checkout or a
+    CI cache writes 0644): tighten it (the state file is about to be replaced by a 0600 one
+    anyway), or copy the file if this user may not."""
+    if stat.S_IMODE(os.stat(link).st_mode) & 0o077 == 0:
+        return
+    try:
+        os.chmod(link, 0o600)
+    except OSError:
+        unlink_quietly(link)
+        _copy_private(target, link)
 
 
 def _copy_private(source: Path, destination: Path) -> None:
@@ -643,14 +707,38 @@ StringEncoder = Callable[[str], str]
 _STATE_HEAD = (
     '{\n  "format": %s,\n  "version": %d,\n  "lineage": %s,\n  "serial": %d,\n  "devices": '
 )
-_STATE_RECORD = "    %s: {\n" + ",\n".join(f'      "{n}": %s' for n in RECORD_FIELDS) + "\n    }"
+
+
+def _state_record_template(names: Iterable[str]) -> str:
+    return "    %s: {\n" + ",\n".join(f'      "{n}": %s' for n in names) + "\n    }"
+
+
+def _journal_line_template(names: Iterable[str]) -> str:
+    return (
+        '{"v":%d,"lineage":%s,"base_serial":%d,"key":%s,"record":{'
+        + ",".join(f'"{n}":%s' for n in names)
+        + "}}\n"
+    )
+
+
+def _optional_variants(make: Callable[[Iterable[str]], str]) -> dict[tuple[bool, bool], str]:
+    """Templates by (observed set, observed_at set); the common record has neither."""
+    return {
+        (observed, at): make(
+            n for n in RECORD_FIELDS if (n != "observed" or observed) and (n != "observed_at" or at)
+        )
+        for observed in (False, True)
+        for at in (False, True)
+    }
+
+
+_STATE_RECORDS = _optional_variants(_state_record_template)
+_STATE_RECORD = _STATE_RECORDS[False, False]
 _STATE_ERROR = "{\n" + ",\n".join(f'        "{n}": %s' for n in ERROR_FIELDS) + "\n      }"
-_JOURNAL_LINE = (
-    '{"v":%d,"lineage":%s,"base_serial":%d,"key":%s,"record":{'
-    + ",".join(f'"{n}":%s' for n in RECORD_FIELDS)
-    + "}}\n"
-)
+_JOURNAL_LINES = _optional_variants(_journal_line_template)
+_JOURNAL_LINE = _JOURNAL_LINES[False, False]
 _JOURNAL_ERROR = "{" + ",".join(f'"{n}":%s' for n in ERROR_FIELDS) + "}"
+_OPTIONAL_AT = RECORD_FIELDS.index(OPTIONAL_RECORD_FIELDS[0])  # both sort side by side there
 
 
 def state_text(state: State, serial: int, string: StringEncoder = encode_basestring) -> str:
@@ -660,7 +748,8 @@ def state_text(state: State, serial: int, string: StringEncoder = encode_basestr
         return head + "{}\n}\n"
     devices = state.devices
     records = ",\n".join(
-        _STATE_RECORD % (string(key), *encoded_fields(devices[key], _STATE_ERROR, string))
+        _template(_STATE_RECORDS, devices[key])
+        % (string(key), *encoded_fields(devices[key], _STATE_ERROR, string))
         for key in sorted(devices)
     )
     return f"{head}{{\n{records}\n  }}\n}}\n"
@@ -675,15 +764,20 @@ def journal_text(
 ) -> str:
     """One journal line: the entry as compact JSON, then a newline."""
     fields = encoded_fields(record, _JOURNAL_ERROR, string)
-    return _JOURNAL_LINE % (JOURNAL_VERSION, string(lineage), base_serial, string(key), *fields)
+    line = _template(_JOURNAL_LINES, record)
+    return line % (JOURNAL_VERSION, string(lineage), base_serial, string(key), *fields)
+
+
+def _template(variants: dict[tuple[bool, bool], str], rec: DeviceRecord) -> str:
+    return variants[rec.observed is not None, rec.observed_at is not None]
 
 
 def encoded_fields(
     rec: DeviceRecord, error_template: str, string: StringEncoder
 ) -> tuple[str, ...]:
-    """The record's values as JSON text, in RECORD_FIELDS order."""
+    """The record's values as JSON text, in RECORD_FIELDS order (optional ones when set)."""
     error = rec.last_error
-    return (
+    values = (
         "null" if rec.applied_at is None else string(rec.applied_at),
         f"{rec.attempts:d}",
         "null"
@@ -699,6 +793,10 @@ def encoded_fields(
         string(rec.status.value),
         "null" if rec.target_sha256 is None else string(rec.target_sha256),
     )
+    if rec.observed is None and rec.observed_at is None:
+        return values
+    optional = tuple(string(v) for v in (rec.observed, rec.observed_at) if v is not None)
+    return (*values[:_OPTIONAL_AT], *optional, *values[_OPTIONAL_AT:])
 
 
 def utf8(make_text: Callable[[StringEncoder], str]) -> bytes:

@@ -11,11 +11,12 @@ from the rest of rrpcsync: it plays the cloud, so it must not share the client's
 
 from __future__ import annotations
 
-from .core import EmulatorCore
+from .core import Answer, EmulatorCore
 from .fleet import (
     DEFAULT_TOKEN,
     Behaviour,
     EmulatorError,
+    Faults,
     Fleet,
     FleetError,
     ProductRange,
@@ -28,10 +29,12 @@ __all__ = [
     "ACTION",
     "DEFAULT_TOKEN",
     "PAYLOAD_LIMIT",
+    "Answer",
     "Behaviour",
     "Emulator",
     "EmulatorCore",
     "EmulatorError",
+    "Faults",
     "Fleet",
     "FleetError",
     "FleetSource",

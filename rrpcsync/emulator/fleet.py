@@ -23,6 +23,10 @@ import yaml
 DEFAULT_TOKEN = "emulator-token"
 DEFAULT_REPLY: dict[str, Any] = {"code": 0}
 DEFAULT_LOG_LIMIT = 1_000_000  # request log entries kept (~300 bytes each); null: all
+# Requests whose JSON payload has this "method" are drift probes: answered with the device's
+# memory, {"code":0,"config": <its last accepted payload as JSON, or null>}, which they leave
+# as it is. null: no probes, every payload is a config.
+DEFAULT_PROBE_METHOD = "get_config"
 SHAPES = ("response", "wrapped")
 
 BEHAVIOUR_KEYS = (
@@ -48,8 +52,20 @@ FLEET_KEYS = (
     "auto_devices",
     "products",
     "log_limit",
+    "faults",
+    "probe_method",
 )
 PRODUCT_KEYS = ("count", "prefix", "width")
+# Injected faults, drawn per request in this order from one uniform number: their sum is <= 1.
+FAULT_KINDS = ("reset", "truncate", "html_502", "slow", "internal_error")
+FAULT_KEYS = (
+    "seed",
+    *FAULT_KINDS,
+    "slow_seconds",
+    "after_apply",
+    "rate_limit_burst",
+    "rate_limit_burst_length",
+)
 
 
 class EmulatorError(ValueError):
@@ -100,6 +116,52 @@ class ProductRange:
         return {"count": self.count, "prefix": self.prefix, "width": self.width}
 
 
+@dataclass(frozen=True)
+class Faults:
+    """Fleet-wide injected faults: each request draws at most one, from a seeded RNG.
+
+    Probabilities are per request (to an existing device, with a valid token):
+
+    - `reset`: the connection is aborted (TCP RST) without a response.
+    - `truncate`: the device handles the request as usual; the response announces a
+      Content-Length larger than the bytes sent, then the connection closes.
+    - `html_502`: a gateway's HTML page with HTTP 502.
+    - `slow`: the device handles the request as usual; the response waits `slow_seconds`
+      (longer than the client's timeout) before it is sent.
+    - `internal_error`: an `InternalError` answer.
+    - `after_apply`: the share of `reset`, `html_502` and `internal_error` faults that strike
+      after the device applied the payload (its reply is lost); the others strike before the
+      request reaches the device. `truncate` and `slow` always strike after.
+    - `rate_limit_burst`: the chance that a request starts a burst of
+      `rate_limit_burst_length` requests (fleet-wide, this one included) answered
+      `RequestLimitExceeded` without reaching their devices.
+
+    `seed` makes the sequence of draws repeatable (null: a random seed); `reset` of the
+    emulator starts the sequence again.
+    """
+
+    seed: int | None = None
+    reset: float = 0.0
+    truncate: float = 0.0
+    html_502: float = 0.0
+    slow: float = 0.0
+    internal_error: float = 0.0
+    slow_seconds: float = 3.0
+    after_apply: float = 0.5
+    rate_limit_burst: float = 0.0
+    rate_limit_burst_length: int = 10
+
+    @property
+    def active(self) -> bool:
+        return self.rate_limit_burst > 0 or any(getattr(self, kind) > 0 for kind in FAULT_KINDS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in FAULT_KEYS}
+
+
+NO_FAULTS = Faults()
+
+
 # --------------------------------------------------------------------------- the fleet
 
 
@@ -117,6 +179,8 @@ class Fleet:
     default: Mapping[str, Any] = field(default_factory=dict)
     devices: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     products: Mapping[str, ProductRange] = field(default_factory=dict)
+    faults: Faults = NO_FAULTS
+    probe_method: str | None = DEFAULT_PROBE_METHOD
     source: str = field(default="<fleet>", compare=False)
     default_behaviour: Behaviour = field(init=False, repr=False, compare=False)
     behaviours: Mapping[str, Behaviour] = field(init=False, repr=False, compare=False)
@@ -159,6 +223,8 @@ class Fleet:
             "default": dict(self.default),
             "devices": {key: dict(raw) for key, raw in self.devices.items()},
             "products": {key: product.to_dict() for key, product in self.products.items()},
+            "faults": self.faults.to_dict(),
+            "probe_method": self.probe_method,
         }
 
     def updated(self, partial: Any) -> Fleet:
@@ -172,13 +238,14 @@ class Fleet:
 def merge_fleet_dicts(base: Mapping[str, Any], partial: Mapping[str, Any]) -> dict[str, Any]:
     """Apply a partial fleet dict over a full one.
 
-    Fleet-wide scalars are replaced. `default` and each device's settings merge key by key,
-    where a null value deletes the key; a device given as null loses all its own settings.
+    Fleet-wide scalars are replaced. `default`, `faults` and each device's settings merge key
+    by key, where a null value deletes the key (`faults: null` turns every fault off); a device
+    given as null loses all its own settings.
     `devices` and `products` merge entry by entry (entries not named stay as they are).
     """
     merged = dict(base)
     for key, value in partial.items():
-        if key == "default":
+        if key in ("default", "faults"):
             merged[key] = _merge_settings(base.get(key) or {}, value)
         elif key == "devices" and isinstance(value, Mapping):
             devices = dict(base.get(key) or {})
@@ -249,7 +316,50 @@ def _parse_fleet(data: Any, source: str) -> Fleet:
         default=_parse_settings(data.get("default"), "default", source),
         devices=_parse_devices(data.get("devices"), source),
         products=_parse_products(data.get("products"), source),
+        faults=_parse_faults(data.get("faults"), source),
+        probe_method=_parse_probe_method(data.get("probe_method", DEFAULT_PROBE_METHOD), check),
         source=source,
+    )
+
+
+def _parse_probe_method(value: Any, check: _Checker) -> str | None:
+    if value is None:
+        return None
+    if not check.string(value, "probe_method"):
+        raise FleetError(f"{check.source}: probe_method: must not be empty (null: no probes)")
+    return str(value)
+
+
+def _parse_faults(data: Any, source: str) -> Faults:
+    if data is None:
+        return NO_FAULTS
+    if not isinstance(data, Mapping):
+        raise FleetError(f"{source}: faults: expected a mapping of fault settings, got {data!r}")
+    _check_keys(data, FAULT_KEYS, "faults", source)
+    check = _Checker(source)
+    seed = data.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise check._fail("faults.seed", "a whole number (or null for a random seed)", seed)
+    shares = {key: check.share(data.get(key, 0.0), f"faults.{key}") for key in FAULT_KINDS}
+    if sum(shares.values()) > 1.0 + 1e-9:
+        raise FleetError(
+            f"{source}: faults: the shares of {', '.join(FAULT_KINDS)} add up to "
+            f"{sum(shares.values()):g}, more than 1"
+        )
+    length = check.count(data.get("rate_limit_burst_length", 10), "faults.rate_limit_burst_length")
+    if length < 1:
+        raise check._fail("faults.rate_limit_burst_length", "a whole number >= 1", length)
+    return Faults(
+        seed=seed,
+        reset=shares["reset"],
+        truncate=shares["truncate"],
+        html_502=shares["html_502"],
+        slow=shares["slow"],
+        internal_error=shares["internal_error"],
+        slow_seconds=check.duration(data.get("slow_seconds", 3.0), "faults.slow_seconds"),
+        after_apply=check.share(data.get("after_apply", 0.5), "faults.after_apply"),
+        rate_limit_burst=check.share(data.get("rate_limit_burst", 0.0), "faults.rate_limit_burst"),
+        rate_limit_burst_length=length,
     )
 
 
@@ -400,6 +510,13 @@ class _Checker:
             raise self._fail(where, "a number of seconds >= 0", value)
         if not 0 <= value < math.inf:
             raise self._fail(where, "a number of seconds >= 0", value)
+        return float(value)
+
+    def share(self, value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._fail(where, "a probability between 0 and 1", value)
+        if not 0 <= value <= 1:
+            raise self._fail(where, "a probability between 0 and 1", value)
         return float(value)
 
     def positive(self, value: Any, where: str) -> float:

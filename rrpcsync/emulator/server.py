@@ -13,6 +13,7 @@ import ipaddress
 import json
 import signal
 import socket
+import struct
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, TypeAlias, TypeVar
 
 from aiohttp import web
 
-from .core import EmulatorCore
+from .core import RESET, TRUNCATE, Answer, EmulatorCore
 from .fleet import EmulatorError, Fleet, FleetError, load_fleet
 
 FleetSource: TypeAlias = "Fleet | Mapping[str, Any] | str | Path"
@@ -41,9 +42,17 @@ class _Handlers:
     def __init__(self, core: EmulatorCore) -> None:
         self.core = core
 
-    async def publish(self, request: web.Request) -> web.Response:
-        answer = await self.core.publish(await request.read())
-        return web.Response(body=answer, content_type="application/json")
+    async def publish(self, request: web.Request) -> web.StreamResponse:
+        answer = await self.core.respond(await request.read())
+        if answer.delay > 0:
+            await asyncio.sleep(answer.delay)
+        if answer.action == RESET:
+            return _reset_connection(request)
+        if answer.action == TRUNCATE:
+            return await _truncated(request, answer)
+        return web.Response(
+            body=answer.body, status=answer.status, content_type=answer.content_type
+        )
 
     async def stats(self, request: web.Request) -> web.Response:
         include_log = request.query.get("log", "1").lower() not in ("0", "false", "no")
@@ -68,10 +77,45 @@ class _Handlers:
         self.core.reset(memory=bool(options.get("memory", False)))
         return web.json_response({"ok": True})
 
+    async def memory(self, request: web.Request) -> web.Response:
+        """`{"device": "P/d", "payload": "..." | {...} | null}`: set what a device holds."""
+        try:
+            body = _json_object(await request.read())
+            key, payload = memory_args(body.get("device"), body.get("payload"))
+        except FleetError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        self.core.set_memory(key, payload)
+        return web.json_response({"ok": True})
+
     async def unknown(self, request: web.Request) -> web.Response:
-        routes = "GET stats, GET/POST config, POST reset"
+        routes = "GET stats, GET/POST config, POST reset, POST memory"
         error = f"unknown control endpoint {request.method} {request.path} ({routes})"
         return web.json_response({"error": error}, status=404)
+
+
+def _reset_connection(request: web.Request) -> web.StreamResponse:
+    """Abort the connection with a TCP RST (SO_LINGER 0): the client gets no response."""
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    return web.Response(status=500)  # never written: the connection is gone
+
+
+async def _truncated(request: web.Request, answer: Answer) -> web.StreamResponse:
+    """Headers announce the whole body; half of it is sent, then the connection closes."""
+    response = web.StreamResponse(status=answer.status)
+    response.content_type = answer.content_type
+    response.content_length = len(answer.body)
+    await response.prepare(request)
+    await response.write(answer.body[: len(answer.body) // 2])
+    transport = request.transport
+    if transport is not None:
+        transport.close()  # flushes what was written, then FIN
+    return response
 
 
 def _json_object(body: bytes, empty_ok: bool = False) -> dict[str, Any]:
@@ -86,6 +130,17 @@ def _json_object(body: bytes, empty_ok: bool = False) -> dict[str, Any]:
     return data
 
 
+def memory_args(key: Any, payload: Any) -> tuple[str, str | None]:
+    """Check `set_memory` arguments; a mapping or list payload becomes canonical JSON."""
+    if not isinstance(key, str) or len(key.split("/")) != 2 or "" in key.split("/"):
+        raise FleetError(f"<request>: device {key!r} is not 'ProductId/DeviceName'")
+    if payload is None or isinstance(payload, str):
+        return key, payload
+    if isinstance(payload, (Mapping, list)):
+        return key, json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    raise FleetError("<request>: payload must be a string, a mapping, a list or null")
+
+
 def build_app(core: EmulatorCore) -> web.Application:
     """Control endpoints under /_emulator/, and the API on POST to any other path."""
     handlers = _Handlers(core)
@@ -94,6 +149,7 @@ def build_app(core: EmulatorCore) -> web.Application:
     app.router.add_get("/_emulator/config", handlers.get_config)
     app.router.add_post("/_emulator/config", handlers.configure)
     app.router.add_post("/_emulator/reset", handlers.reset)
+    app.router.add_post("/_emulator/memory", handlers.memory)
     app.router.add_route("*", "/_emulator/{tail:.*}", handlers.unknown)
     app.router.add_post("/{tail:.*}", handlers.publish)
     return app
@@ -335,6 +391,12 @@ class Emulator:
     def configure(self, partial: Mapping[str, Any]) -> Fleet:
         """Change fleet settings and device behaviours at runtime; raises FleetError."""
         return self._on_loop(lambda: self._core.configure(partial))
+
+    def set_memory(self, key: str, payload: str | Mapping[str, Any] | list[Any] | None) -> None:
+        """Make a device hold another config (None: forget it), as if changed behind
+        rrpcsync's back: a drift probe then reports it (POST /_emulator/memory)."""
+        checked_key, text = memory_args(key, payload)
+        self._on_loop(lambda: self._core.set_memory(checked_key, text))
 
     def _on_loop(self, call: Callable[[], T]) -> T:
         """Run `call` on the server's loop thread (or here, when the loop is not running)."""
