@@ -383,21 +383,14 @@ def probe_for_drift(
 ) -> dict[str, Any]:
     """Observations of the devices to probe (none to probe: no request, no token needed)."""
     from rrpcsync import drift
-    from rrpcsync.apply import ApplyOptions
-    from rrpcsync.progress import Progress
 
     targets = drift.probe_targets(desired, state.devices, selection)
     if not targets:
         return {}
     info(f"Probing {len(targets)} device(s) for drift...")
-    probe_options = ApplyOptions(
-        parallelism=options["parallelism"],
-        rate=options["rate"],
-        retries=options["retries"],
-        backoff=options["retry_backoff"],
+    report = drift.probe_devices(
+        targets, publisher_factory(options), sending_options(options), progress_bar()
     )
-    progress = Progress(sys.stderr, live=sys.stderr.isatty() and not settings().quiet)
-    report = drift.probe_devices(targets, publisher_factory(options), probe_options, progress)
     if report.fatal is not None:
         fail(fatal_message(report.fatal.code or "Unknown"), ExitCode.ERROR)
     info(drift.probe_summary(report))
@@ -507,6 +500,24 @@ def confirm_or_refuse(auto_approve: bool) -> None:
         )
     if not click.confirm("Apply these changes?", default=False, err=True):
         raise UsageError("apply cancelled; nothing was sent")
+
+
+def sending_options(options: dict[str, Any]) -> Any:
+    """Concurrency, pacing and retries shared by apply and the drift probes."""
+    from rrpcsync.apply import ApplyOptions
+
+    return ApplyOptions(
+        parallelism=options["parallelism"],
+        rate=options["rate"],
+        retries=options["retries"],
+        backoff=options["retry_backoff"],
+    )
+
+
+def progress_bar() -> Any:
+    from rrpcsync.progress import Progress
+
+    return Progress(sys.stderr, live=sys.stderr.isatty() and not settings().quiet)
 
 
 def publisher_factory(options: dict[str, Any]) -> Callable[[], Any]:
@@ -625,24 +636,23 @@ NO_CHANGES_REPORT: dict[str, Any] = {
 
 def execute(the_plan: Plan, state: Any, stale: Sequence[str], options: dict[str, Any]) -> Any:
     """Prune, then send; imported late so that a no-op apply never loads the HTTP stack."""
-    from rrpcsync.apply import ApplyOptions, ApplyReport
-    from rrpcsync.progress import Progress
+    from rrpcsync.apply import ApplyReport
     from rrpcsync.rollout import apply_rollout
 
     make_publisher = publisher_factory(options) if the_plan.summary.to_send else None
     pruned = prune_orphans(the_plan, state)
     report = ApplyReport()
     if make_publisher is not None:
-        progress = Progress(sys.stderr, live=sys.stderr.isatty() and not settings().quiet)
-        apply_options = ApplyOptions(
-            parallelism=options["parallelism"],
-            rate=options["rate"],
-            retries=options["retries"],
-            backoff=options["retry_backoff"],
-        )
         flags = rollout_flags(options)
         report = apply_rollout(
-            the_plan, state, make_publisher, apply_options, flags, progress, stale, info
+            the_plan,
+            state,
+            make_publisher,
+            sending_options(options),
+            flags,
+            progress_bar(),
+            stale,
+            info,
         )
     report.pruned = pruned
     report.stale = list(stale)
