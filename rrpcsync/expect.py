@@ -43,6 +43,11 @@ def parse_pointer(text: str) -> tuple[str, ...]:
     return tuple(t.replace("~1", "/").replace("~0", "~") for t in text[1:].split("/"))
 
 
+def step(value: Any, token: str) -> Any:
+    """One pointer token into `value`, or `MISSING`."""
+    return _step(value, token)
+
+
 def _step(value: Any, token: str) -> Any:
     if isinstance(value, dict):
         return value.get(token, MISSING)

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from rrpcsync import secrets
+from rrpcsync.expect import MISSING, json_equal, parse_pointer, step
 from rrpcsync.model import Probe
 
 # RFC 6901: "" (the whole document) or "/"-separated tokens where "~" is "~0" or "~1".
-POINTER_RE = re.compile(r"^(/([^~]|~[01])*)*$")
 DEFAULT_PROBE = {"method": "get_config"}
 MAX_PROBE_BYTES = 65_536  # the MQTT message limit, as for payloads
 
@@ -102,33 +102,15 @@ def to_json(value: Any) -> str:
 
 
 def tokens(pointer: str) -> list[str]:
-    if pointer and not pointer.startswith("/"):
-        raise ValueError(f"{pointer!r} must be empty or start with '/' (e.g. /config)")
-    if not POINTER_RE.match(pointer):
-        raise ValueError(f"{pointer!r}: '~' must be followed by 0 or 1 (~0 is ~, ~1 is /)")
-    if pointer == "":
-        return []
-    return [part.replace("~1", "/").replace("~0", "~") for part in pointer[1:].split("/")]
-
-
-_MISSING = object()
-
-
-def _child(container: Any, token: str) -> Any:
-    if isinstance(container, dict):
-        return container.get(token, _MISSING)
-    if isinstance(container, list) and token.isdigit() and (token == "0" or token[0] != "0"):
-        index = int(token)
-        return container[index] if index < len(container) else _MISSING
-    return _MISSING
+    return list(parse_pointer(pointer))
 
 
 def lookup(document: Any, pointer: str) -> Any:
     """The value at `pointer`, or ProbeReplyError(NO_CONFIG) if there is none."""
     value = document
     for token in tokens(pointer):
-        value = _child(value, token)
-        if value is _MISSING:
+        value = step(value, token)
+        if value is MISSING:
             raise ProbeReplyError(NO_CONFIG, f"the probe reply has nothing at {pointer!r}")
     return value
 
@@ -175,7 +157,7 @@ def compare(desired_payload: str, reported: Any, ignore: Sequence[str] = ()) -> 
         with contextlib.suppress(ValueError):
             reported = json.loads(reported)
     compared = without_ignored(reported, desired, ignore)
-    return Comparison(same(compared, desired), compared)
+    return Comparison(json_equal(compared, desired), compared)
 
 
 def without_ignored(reported: Any, desired: Any, ignore: Iterable[str]) -> Any:
@@ -200,34 +182,21 @@ def _copy(value: Any) -> Any:
 def _overwrite(target: Any, desired: Any, path: list[str]) -> None:
     *parents, last = path
     for token in parents:
-        target, desired = _child(target, token), _child(desired, token)
-        if target is _MISSING:
+        target, desired = step(target, token), step(desired, token)
+        if target is MISSING:
             return
-    wanted = _MISSING if desired is _MISSING else _child(desired, last)
+    wanted = MISSING if desired is MISSING else step(desired, last)
     if isinstance(target, dict):
-        if wanted is _MISSING:
+        if wanted is MISSING:
             target.pop(last, None)
         else:
             target[last] = _copy(wanted)
-    elif isinstance(target, list) and _child(target, last) is not _MISSING:
+    elif isinstance(target, list) and step(target, last) is not MISSING:
         index = int(last)
-        if wanted is _MISSING:
+        if wanted is MISSING:
             del target[index]
         else:
             target[index] = _copy(wanted)
-
-
-def same(a: Any, b: Any) -> bool:
-    """JSON equality: 1 == 1.0, but true != 1 and key order does not matter."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(map(same, a, b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
-    return type(a) is type(b) and a == b
 
 
 def masked(value: Any, hidden: Iterable[str]) -> Any:
