@@ -44,11 +44,13 @@ class _ManifestLoader(_BaseLoader):  # type: ignore[valid-type,misc]
     """SafeLoader with YAML 1.2-like scalars (no timestamps, true/false only), no duplicate keys."""
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
-        pairs_before = len(node.value)
-        merges = any(key.tag == "tag:yaml.org,2002:merge" for key, _ in node.value)
+        pairs = node.value
+        pairs_before = len(pairs)
         mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
-        # flatten_mapping (merge keys "<<") changes node.value; duplicates are legal there.
-        if len(mapping) != pairs_before and not merges:
+        # flatten_mapping (merge keys "<<") deletes them from node.value and puts the merged
+        # pairs in a new list; a key given both ways is legal there, not a duplicate.
+        merged = node.value is not pairs or len(node.value) != pairs_before
+        if len(mapping) != pairs_before and not merged:
             _raise_duplicate_key(node)
         return mapping
 
