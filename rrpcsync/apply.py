@@ -2,8 +2,9 @@
 every result before it counts, then rewrite the state once.
 
 Guarantees (see docs/reliability.md): never two requests in flight to one device (each key is
-one task); a `pending` record is durable before its request leaves; a reply the cloud
-acknowledged is durable in the journal before the device is counted as done.
+one task); a `pending` record is in the journal (handed to the OS, no fsync wait) before its
+request leaves; a reply the cloud acknowledged is fsync'd to the journal before the device is
+counted as done.
 """
 
 from __future__ import annotations

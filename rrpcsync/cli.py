@@ -229,8 +229,12 @@ def write_plan_outputs(
 
 
 def write_text_file(path: Path, text: str) -> None:
+    """Plans may hold payloads: private to the user (0600), like the state."""
     try:
-        path.write_text(text, encoding="utf-8")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(path, 0o600)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 

@@ -857,7 +857,15 @@ class Journal:
         with self._lock:
             self._check_open()
             self._pending.extend(lines)
-            self._flush_pending(sync)
+            self._flush_pending(sync=False)
+            fd = self._fd
+        if sync and fd is not None:
+            # outside the lock: writers that only hand records to the OS (the event loop's
+            # pending records) must not wait for this fsync; it covers their bytes too
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise StateError(f"cannot write journal {self.path}: {exc.strerror}") from None
 
     def flush(self) -> None:
         with self._lock:
