@@ -198,6 +198,22 @@ def backoff_delay(attempt: int, result: ApiResult, options: ApplyOptions) -> flo
     return delay
 
 
+def should_retry(result: ApiResult, attempts: int, options: ApplyOptions, stopping: bool) -> bool:
+    """Only transient errors are retried, up to `retries` times, and not once stopping."""
+    if result.ok or result.error_class is not ErrorClass.TRANSIENT:
+        return False
+    return attempts <= options.retries and not stopping
+
+
+async def wait_before_retry(
+    attempts: int, result: ApiResult, options: ApplyOptions, limiter: RateLimiter
+) -> None:
+    delay = backoff_delay(attempts, result, options)
+    if result.code and result.code.startswith("RequestLimitExceeded"):
+        limiter.pause(delay)  # the cloud's quota is shared: everyone slows down
+    await asyncio.sleep(delay)
+
+
 # --------------------------------------------------------------------------- journaling
 
 
@@ -331,22 +347,14 @@ class Executor:
             result = await self.publisher.publish(
                 product_id, device_name, change.payload, request_id
             )
-            if not self._should_retry(result, attempts):
+            if not should_retry(result, attempts, self.options, self.stopping):
                 break
-            delay = backoff_delay(attempts, result, self.options)
-            if result.code and result.code.startswith("RequestLimitExceeded"):
-                self.limiter.pause(delay)
-            await asyncio.sleep(delay)
+            await wait_before_retry(attempts, result, self.options, self.limiter)
             if self.stopping:
                 break
         if result.ok and change.expect is not None:
             result = checked_reply(change, result)
         self._record(change, previous, result, attempts)
-
-    def _should_retry(self, result: ApiResult, attempts: int) -> bool:
-        if result.ok or result.error_class is not ErrorClass.TRANSIENT:
-            return False
-        return attempts <= self.options.retries and not self.stopping
 
     def _record(
         self, change: Change, previous: DeviceRecord | None, result: ApiResult, attempts: int

@@ -29,7 +29,8 @@ from rrpcsync.apply import (
     ProgressSink,
     Publisher,
     RateLimiter,
-    backoff_delay,
+    should_retry,
+    wait_before_retry,
 )
 from rrpcsync.client import ApiResult, ErrorClass
 from rrpcsync.model import Action, Change, DesiredDevice, DeviceRecord, Plan, Status, Unreachable
@@ -139,21 +140,13 @@ class Prober:
             result = await self.publisher.publish(
                 device.product_id, device.device_name, device.probe.payload, str(uuid.uuid4())
             )
-            if not self._should_retry(result, attempts):
+            if not should_retry(result, attempts, self.options, self.stopping):
                 break
-            delay = backoff_delay(attempts, result, self.options)
-            if result.code and result.code.startswith("RequestLimitExceeded"):
-                self.limiter.pause(delay)
-            await asyncio.sleep(delay)
+            await wait_before_retry(attempts, result, self.options, self.limiter)
         if result.error_class is ErrorClass.FATAL and self.report.fatal is None:
             self.report.fatal = result
             self.stopping = True
         return observation_of(device, result, attempts)
-
-    def _should_retry(self, result: ApiResult, attempts: int) -> bool:
-        if result.ok or result.error_class is not ErrorClass.TRANSIENT:
-            return False
-        return attempts <= self.options.retries and not self.stopping
 
 
 def observation_of(device: DesiredDevice, result: ApiResult, attempts: int) -> Observation:

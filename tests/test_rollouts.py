@@ -10,10 +10,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from rrpcsync.schedule import by_level, interleaved, level_steps, wave_sizes, wa
 from rrpcsync.state import load_state
 
 from .helpers import ROOT, Result, run, write
+from .test_crash import start_apply
 
 TOKEN = "emulator-token"
 STATE = "rrpcsync.state.json"
@@ -542,24 +540,6 @@ def test_manifest_rollout_canary_applies_without_flags(
     assert sent_to(emu) == {"P1/d00": 1}
     assert "canary: 1 of 1 canary devices failed" in result.err
     assert "top errors: ReplyMismatch (1)" in result.err
-
-
-def start_apply(workdir: Path, url: str, *extra: str) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "RRPCSYNC_ACCESS_TOKEN": TOKEN,
-        "RRPCSYNC_ENDPOINT": url,
-        "PYTHONPATH": str(ROOT),
-    }
-    args = ["apply", "configs", "--auto-approve", "--parallelism", "4", "--rate", "1000", *extra]
-    return subprocess.Popen(
-        [sys.executable, "-m", "rrpcsync", *args],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def test_an_interrupted_wave_rollout_resumes_on_the_next_apply(
