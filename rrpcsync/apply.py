@@ -170,19 +170,23 @@ def failed_record(
 
 
 class RateLimiter:
-    """Smooth pacing: request starts are at least 1/rate apart, so no burst ever exceeds rate."""
+    """Smooth pacing: request starts are at least 1/rate apart, so no burst ever exceeds rate.
+
+    Waiters go one at a time, and each sets the next slot from when it really started: after
+    the event loop stalls, the overdue requests do not all fire at once to catch up.
+    """
 
     def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = 1.0 / rate
         self.clock = clock
         self.next_slot = clock()
+        self._turn = asyncio.Lock()
 
     async def acquire(self) -> None:
-        now = self.clock()
-        slot = max(now, self.next_slot)
-        self.next_slot = slot + self.interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        async with self._turn:
+            while (wait := self.next_slot - self.clock()) > 0:  # pause() may move it on
+                await asyncio.sleep(wait)
+            self.next_slot = self.clock() + self.interval
 
     def pause(self, seconds: float) -> None:
         """The cloud said slow down: no request starts for `seconds`."""
