@@ -444,7 +444,7 @@ async def _run(
     async with make_publisher() as publisher:
         executor = Executor(changes, state, publisher, GroupCommit(journal), options, sink)
         task = asyncio.ensure_future(executor.run())
-        with _signals(executor, task):
+        with InterruptHandlers(executor, task):
             try:
                 report = await task
             except asyncio.CancelledError:
@@ -463,7 +463,7 @@ class Stoppable(Protocol):
     def stop(self) -> None: ...
 
 
-class _signals:
+class InterruptHandlers:
     """First SIGINT/SIGTERM: stop dispatching, let in-flight finish. Second: cancel in-flight."""
 
     def __init__(self, executor: Stoppable, task: asyncio.Future[ApplyReport]) -> None:
@@ -472,7 +472,7 @@ class _signals:
         self.count = 0
         self.installed: list[signal.Signals] = []
 
-    def __enter__(self) -> _signals:
+    def __enter__(self) -> InterruptHandlers:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:

@@ -22,12 +22,12 @@ from rrpcsync.apply import (
     ApplyReport,
     Executor,
     GroupCommit,
+    InterruptHandlers,
     NoProgress,
     ProgressSink,
     Publisher,
     PublisherFactory,
     RateLimiter,
-    _signals,
 )
 from rrpcsync.client import ApiResult
 from rrpcsync.model import Change, ManifestPolicy, Plan, RolloutSpec
@@ -318,7 +318,7 @@ async def _run(
     async with make_publisher() as publisher:
         rollout = Rollout(inputs, publisher, GroupCommit(journal))
         task = asyncio.ensure_future(rollout.run())
-        with _signals(rollout, task):
+        with InterruptHandlers(rollout, task):
             try:
                 return await task
             except asyncio.CancelledError:
