@@ -33,6 +33,7 @@ from rrpcsync.apply import (
     wait_before_retry,
 )
 from rrpcsync.client import ApiResult, ErrorClass
+from rrpcsync.jsontext import canonical_json
 from rrpcsync.model import Action, Change, DesiredDevice, DeviceRecord, Plan, Status, Unreachable
 from rrpcsync.plan import Selection, resend_change
 from rrpcsync.state import utc_now
@@ -167,7 +168,7 @@ def shown_json(device: DesiredDevice, value: Any) -> str:
     """JSON text of a reported config; a sensitive payload's secret values are masked."""
     if device.template is not None:
         value = probes.masked(value, secrets.known_values())
-    return probes.to_json(value)
+    return canonical_json(value)
 
 
 PublisherFactory = Callable[[], AsyncPublisherContext]

@@ -25,6 +25,7 @@ from rrpcsync import probe as probes
 from rrpcsync import secrets
 from rrpcsync.errors import Diagnostic
 from rrpcsync.expect import ManifestExpectations, check_echo_payload
+from rrpcsync.jsontext import canonical_payload
 from rrpcsync.model import EMPTY_LABELS, DesiredDevice, ManifestPolicy
 from rrpcsync.policy import DEFAULT_POLICY, dependency_problems, parse_policy
 
@@ -151,15 +152,6 @@ def _is_valid_fast(document: Any) -> bool:
 
 
 # --------------------------------------------------------------------------- payloads
-
-
-def canonical_payload(value: Any) -> str:
-    """The exact Payload text: canonical JSON for mappings and lists, strings verbatim."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(
-        value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    )
 
 
 def sha256_text(text: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from rrpcsync import secrets
 from rrpcsync.expect import MISSING, json_equal, parse_pointer, step
+from rrpcsync.jsontext import canonical_payload, walk_strings
 from rrpcsync.model import Probe
 
 # RFC 6901: "" (the whole document) or "/"-separated tokens where "~" is "~0" or "~1".
@@ -74,7 +75,7 @@ def probe_from_spec(spec: Mapping[str, Any]) -> Probe:
     """The probe of a manifest's `spec.probe` (already schema-valid); ValueError says why the
     payload cannot be sent."""
     try:
-        text = canonical(spec.get("payload", DEFAULT_PROBE))
+        text = canonical_payload(spec.get("payload", DEFAULT_PROBE))
     except (TypeError, ValueError, RecursionError):
         raise ValueError("the probe payload cannot be sent as JSON (NaN, infinity?)") from None
     if secrets.is_template(text):
@@ -82,20 +83,6 @@ def probe_from_spec(spec: Mapping[str, Any]) -> Probe:
     if len(text.encode("utf-8")) > MAX_PROBE_BYTES:
         raise ValueError(f"the probe payload is over the {MAX_PROBE_BYTES:,}-byte MQTT limit")
     return Probe(text, str(spec.get("pointer", "")), tuple(spec.get("ignore", ())))
-
-
-def canonical(value: Any) -> str:
-    """Canonical JSON (as payloads are sent), or a string as it is."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(
-        value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    )
-
-
-def to_json(value: Any) -> str:
-    """Canonical JSON text of any reported value (a string becomes a JSON string)."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------- pointers
@@ -151,7 +138,7 @@ def compare(desired_payload: str, reported: Any, ignore: Sequence[str] = ()) -> 
     try:
         desired = json.loads(desired_payload)
     except ValueError:
-        text = reported if isinstance(reported, str) else canonical(reported)
+        text = reported if isinstance(reported, str) else canonical_payload(reported)
         return Comparison(text == desired_payload, reported)
     if isinstance(reported, str) and not isinstance(desired, str):
         with contextlib.suppress(ValueError):
@@ -210,17 +197,7 @@ def masked(value: Any, hidden: Iterable[str]) -> Any:
             text = text.replace(secret, secrets.MASK)
         return text
 
-    return _strings(value, hide)
-
-
-def _strings(value: Any, change: Any) -> Any:
-    if isinstance(value, str):
-        return change(value)
-    if isinstance(value, list):
-        return [_strings(item, change) for item in value]
-    if isinstance(value, dict):
-        return {change(key): _strings(item, change) for key, item in value.items()}
-    return value
+    return walk_strings(value, hide, keys=True)
 
 
 # --------------------------------------------------------------------------- durations

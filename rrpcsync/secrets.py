@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+
+from rrpcsync.jsontext import canonical_payload, walk_strings
 
 MARKER = "${env:"
 MASK = "(sensitive)"
@@ -49,25 +50,13 @@ def resolve(template: str, is_json: bool, env: Mapping[str, str]) -> str:
     (re-serialised canonically), or in a verbatim string payload."""
     if not is_json:
         return _substitute(template, env)
-    document = _walk(json.loads(template), lambda s: _substitute(s, env))
-    return json.dumps(
-        document, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    )
+    document = walk_strings(json.loads(template), lambda s: _substitute(s, env))
+    return canonical_payload(document)
 
 
 def mask(template: str) -> str:
     """What may be shown: every reference replaced by `(sensitive)`."""
     return _REFERENCE.sub(lambda m: m[0][1:] if m[1] else MASK, template)
-
-
-def _walk(value: Any, change: Any) -> Any:
-    if isinstance(value, str):
-        return change(value)
-    if isinstance(value, list):
-        return [_walk(item, change) for item in value]
-    if isinstance(value, dict):
-        return {key: _walk(item, change) for key, item in value.items()}
-    return value
 
 
 def remember(templates: Iterable[str], env: Mapping[str, str]) -> None:
