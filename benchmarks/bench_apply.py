@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 
-from rrpcsync.apply import ApplyOptions, apply_changes
-from rrpcsync.client import RrpcClient
+from rrpcsync.cloud.client import RrpcClient
 from rrpcsync.model import Action, Change, Plan, Summary
-from rrpcsync.state import load_state, save_state
+from rrpcsync.run.executor import ApplyOptions, apply_changes
+from rrpcsync.state.jsonfile import load_state, save_state
 
 TOKEN = "emulator-token"
 TICKS = os.sysconf("SC_CLK_TCK")

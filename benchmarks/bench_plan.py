@@ -19,9 +19,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import write_fleet
 
-from rrpcsync.manifest import discover, load_manifests
+from rrpcsync.manifests.loader import discover, load_manifests
 from rrpcsync.model import DeviceRecord, Status
-from rrpcsync.state import load_state, save_state
+from rrpcsync.state.jsonfile import load_state, save_state
 
 
 def bare_load(files: list[Path]) -> float:

@@ -1,3 +1,3 @@
-from rrpcsync.cli import main
+from rrpcsync.cli.main import main
 
 main()

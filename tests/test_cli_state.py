@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from rrpcsync.state import load_state
+from rrpcsync.state.jsonfile import load_state
 
 from .helpers import ROOT, manifest_text, run, write
 

@@ -114,7 +114,7 @@ def test_schema_command_prints_the_packaged_schema(capsys: pytest.CaptureFixture
 
 
 def test_every_command_has_examples_in_help(capsys: pytest.CaptureFixture[str]) -> None:
-    from rrpcsync.cli import cli
+    from rrpcsync.cli.main import cli
 
     def walk(group: object, prefix: list[str]) -> list[list[str]]:
         found = [prefix]
@@ -143,7 +143,7 @@ def test_version_and_module_entry_point() -> None:
 def test_unexpected_errors_are_short_without_verbose(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rrpcsync import manifest
+    from rrpcsync.manifests import loader as manifest
 
     def boom(*_: object) -> None:
         raise RuntimeError("kaboom")

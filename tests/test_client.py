@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rrpcsync import __version__
-from rrpcsync.client import (
+from rrpcsync.cloud.client import (
     DEFAULT_ENDPOINT,
     ApiResult,
     ErrorClass,

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rrpcsync.state import load_state
+from rrpcsync.state.jsonfile import load_state
 
 from .helpers import ROOT, manifest_text, write
 

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from rrpcsync import probe
+from rrpcsync.manifests import probe
 from rrpcsync.model import DeviceRecord, Status
-from rrpcsync.state import (
+from rrpcsync.state.jsonfile import (
     State,
     journal_text,
     load_state,

@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from rrpcsync.client import ErrorClass, RrpcClient
+from rrpcsync.cloud.client import ErrorClass, RrpcClient
 from rrpcsync.emulator import Emulator, FleetError, load_fleet
 from rrpcsync.model import DeviceRecord, Status
-from rrpcsync.state import State, backup_path, journal_path, load_state, lock_path
+from rrpcsync.state.jsonfile import State, backup_path, journal_path, load_state, lock_path
 
 from .conftest import FLEET_TOKEN, StartEmulator
 from .helpers import ROOT, write

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rrpcsync.model import DeviceRecord, ErrorInfo, Status
-from rrpcsync.state import Journal, State, journal_path, load_state, save_state
+from rrpcsync.state.jsonfile import Journal, State, journal_path, load_state, save_state
 
 from .helpers import ROOT, Result, manifest_text, run
 

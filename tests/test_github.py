@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rrpcsync.render import MARKDOWN_MARKER
+from rrpcsync.planning.render import MARKDOWN_MARKER
 
 from .helpers import ROOT, manifest_text, write
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rrpcsync.manifest import load_manifests
+from rrpcsync.manifests.loader import load_manifests
 from rrpcsync.model import DeviceRecord, ErrorInfo, Status
-from rrpcsync.state import load_state, save_state
+from rrpcsync.state.jsonfile import load_state, save_state
 
 from .helpers import EXAMPLES, run
 

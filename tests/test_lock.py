@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from rrpcsync import lock as lock_module
 from rrpcsync.errors import ExitCode, LockedError
-from rrpcsync.lock import ci_url, lock_path
-from rrpcsync.state import StateLock, read_holder, unlock
+from rrpcsync.state import lock as lock_module
+from rrpcsync.state.jsonfile import StateLock, read_holder, unlock
+from rrpcsync.state.lock import ci_url, lock_path
 
 ROOT = Path(__file__).resolve().parent.parent
 HOLDER = """
 import sys, time
 from pathlib import Path
-from rrpcsync.state import StateLock
+from rrpcsync.state.jsonfile import StateLock
 lock = StateLock(Path(sys.argv[1]), sys.argv[2])
 lock.acquire()
 print("locked", flush=True)

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rrpcsync import manifest
-from rrpcsync.manifest import canonical_payload, load_manifests, merge
+from rrpcsync.manifests import loader as manifest
+from rrpcsync.manifests.loader import canonical_payload, load_manifests, merge
 
 from .helpers import EXAMPLES, manifest_text, write
 

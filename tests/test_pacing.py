@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from rrpcsync.apply import ApplyOptions, RateLimiter, backoff_delay
-from rrpcsync.client import ApiResult, ErrorClass
-from rrpcsync.progress import Progress, eta_text, progress_line
+from rrpcsync.cloud.client import ApiResult, ErrorClass
+from rrpcsync.run.executor import ApplyOptions, RateLimiter, backoff_delay
+from rrpcsync.run.progress import Progress, eta_text, progress_line
 
 
 def transient(retry_after: float | None = None) -> ApiResult:

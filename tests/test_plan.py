@@ -8,7 +8,7 @@ import pytest
 
 from rrpcsync.errors import PlanFileError, UsageError
 from rrpcsync.model import Action, DesiredDevice, DeviceRecord, ErrorInfo, Status
-from rrpcsync.plan import (
+from rrpcsync.planning.planner import (
     Selection,
     make_plan,
     parse_selector,

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rrpcsync.apply import applied_record, failed_record, pending_record
-from rrpcsync.client import ApiResult, ErrorClass
-from rrpcsync.manifest import canonical_payload, load_manifests, merge
+from rrpcsync.cloud.client import ApiResult, ErrorClass
+from rrpcsync.manifests.loader import canonical_payload, load_manifests, merge
 from rrpcsync.model import Action, DesiredDevice, DeviceRecord, ErrorInfo, Plan, Status
-from rrpcsync.plan import make_plan
-from rrpcsync.state import Journal, State, load_state, save_state
+from rrpcsync.planning.planner import make_plan
+from rrpcsync.run.executor import applied_record, failed_record, pending_record
+from rrpcsync.state.jsonfile import Journal, State, load_state, save_state
 
 from .helpers import write
 

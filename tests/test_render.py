@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import re
 
-from rrpcsync import render
 from rrpcsync.errors import Diagnostic
 from rrpcsync.model import Action, Change, Plan, Summary
-from rrpcsync.plan import make_plan
-from rrpcsync.render import MARKDOWN_LIMIT, MARKDOWN_MARKER, payload_diff, plan_markdown
+from rrpcsync.planning import render
+from rrpcsync.planning.planner import make_plan
+from rrpcsync.planning.render import MARKDOWN_LIMIT, MARKDOWN_MARKER, payload_diff, plan_markdown
 
 from .test_plan import applied, device
 

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 from rrpcsync.errors import PlanFileError
-from rrpcsync.expect import MISSING, check_reply, describe, parse_pointer, resolve_pointer
+from rrpcsync.manifests.expect import MISSING, check_reply, describe, parse_pointer, resolve_pointer
+from rrpcsync.manifests.policy import parse_waves
 from rrpcsync.model import Action, Change, Expectation, ManifestPolicy, Plan, RolloutSpec, Summary
-from rrpcsync.plan import plan_document, plan_from_document
-from rrpcsync.policy import parse_waves
-from rrpcsync.rollout import Guard
-from rrpcsync.schedule import by_level, interleaved, level_steps, wave_sizes, wave_targets
-from rrpcsync.state import load_state
+from rrpcsync.planning.planner import plan_document, plan_from_document
+from rrpcsync.planning.schedule import by_level, interleaved, level_steps, wave_sizes, wave_targets
+from rrpcsync.run.rollout import Guard
+from rrpcsync.state.jsonfile import load_state
 
 from .helpers import ROOT, Result, run, write
 from .test_crash import start_apply

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from rrpcsync import secrets
-from rrpcsync.manifest import load_manifests
-from rrpcsync.state import load_state
+from rrpcsync.manifests.loader import load_manifests
+from rrpcsync.state.jsonfile import load_state
 
 from .helpers import manifest_text, run, write
 

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rrpcsync import state as state_module
 from rrpcsync.errors import ExitCode, StateError
 from rrpcsync.model import DeviceRecord, ErrorInfo, Status
-from rrpcsync.state import (
+from rrpcsync.state import jsonfile as state_module
+from rrpcsync.state.jsonfile import (
     RECORD_FIELDS,
     Journal,
     State,

@@ -211,7 +211,7 @@ def check_with_schema(schema: Mapping[str, Any], doc: Any, what: str) -> None:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
-    from rrpcsync.manifest import schema as manifest_schema
+    from rrpcsync.manifests.loader import schema as manifest_schema
 
     full = manifest_schema()  # the same $id: its definitions' own references resolve
     composed = {"$id": full["$id"], "$defs": full["$defs"], **schema}

@@ -10,8 +10,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rrpcsync import expect, secrets
+from rrpcsync import secrets
 from rrpcsync.errors import PlanFileError, UsageError
+from rrpcsync.manifests import expect
+from rrpcsync.manifests.policy import policy_from_document, policy_to_document
 from rrpcsync.model import (
     Action,
     Change,
@@ -22,7 +24,6 @@ from rrpcsync.model import (
     Status,
     Summary,
 )
-from rrpcsync.policy import policy_from_document, policy_to_document
 
 PLAN_FORMAT = "rrpcsync-plan"
 PLAN_FORMAT_VERSION = 1

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from rrpcsync import secrets
-from rrpcsync.client import ApiResult, ErrorClass
-from rrpcsync.expect import REPLY_MISMATCH, check_reply
+from rrpcsync.cloud.client import ApiResult, ErrorClass
+from rrpcsync.manifests.expect import REPLY_MISMATCH, check_reply
 from rrpcsync.model import Change, DeviceRecord, ErrorInfo, Plan, Status
-from rrpcsync.state import Journal, State, utc_now
+from rrpcsync.state.jsonfile import Journal, State, utc_now
 
 
 class Publisher(Protocol):

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from rrpcsync.errors import Diagnostic
-from rrpcsync.expect import describe as describe_expectation
+from rrpcsync.manifests.expect import describe as describe_expectation
 from rrpcsync.model import Action, Change, Plan, Summary
 
 MARKDOWN_LIMIT = 60_000  # GitHub comments hold 65,536 characters; leave room for wrappers

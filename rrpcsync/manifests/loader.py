@@ -21,13 +21,13 @@ from typing import Any, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from rrpcsync import probe as probes
 from rrpcsync import secrets
 from rrpcsync.errors import Diagnostic
-from rrpcsync.expect import ManifestExpectations, check_echo_payload
 from rrpcsync.jsontext import canonical_payload
+from rrpcsync.manifests import probe as probes
+from rrpcsync.manifests.expect import ManifestExpectations, check_echo_payload
+from rrpcsync.manifests.policy import DEFAULT_POLICY, dependency_problems, parse_policy
 from rrpcsync.model import EMPTY_LABELS, DesiredDevice, ManifestPolicy
-from rrpcsync.policy import DEFAULT_POLICY, dependency_problems, parse_policy
 
 T = TypeVar("T")
 
@@ -117,7 +117,11 @@ _ManifestLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 @cache
 def schema_text() -> str:
-    return resources.files("rrpcsync.schema").joinpath("manifest.schema.json").read_text("utf-8")
+    return (
+        resources.files("rrpcsync.manifests.schema")
+        .joinpath("manifest.schema.json")
+        .read_text("utf-8")
+    )
 
 
 @cache

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from rrpcsync import secrets
-from rrpcsync.expect import MISSING, json_equal, parse_pointer, step
 from rrpcsync.jsontext import canonical_payload, walk_strings
+from rrpcsync.manifests.expect import MISSING, json_equal, parse_pointer, step
 from rrpcsync.model import Probe
 
 # RFC 6901: "" (the whole document) or "/"-separated tokens where "~" is "~0" or "~1".

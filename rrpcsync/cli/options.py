@@ -144,7 +144,7 @@ client_options = _stack(
 def _waves_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     if value is None:
         return None
-    from rrpcsync.policy import parse_waves
+    from rrpcsync.manifests.policy import parse_waves
 
     try:
         return parse_waves(value)
@@ -193,7 +193,7 @@ rollout_options = _stack(
 def _duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     if value is None:
         return None
-    from rrpcsync.probe import parse_duration
+    from rrpcsync.manifests.probe import parse_duration
 
     try:
         return parse_duration(value)

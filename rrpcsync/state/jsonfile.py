@@ -17,17 +17,15 @@ import shutil
 import stat
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from json.encoder import encode_basestring, encode_basestring_ascii
 from pathlib import Path
 from typing import Any, BinaryIO, TypeGuard
 
 from rrpcsync.errors import StateError
-from rrpcsync.lock import StateLock, lock_path, read_holder, unlink_quietly, unlock
 from rrpcsync.model import DeviceRecord, ErrorInfo, Status
+from rrpcsync.state.lock import StateLock, lock_path, read_holder, unlink_quietly, unlock
+from rrpcsync.state.store import RunRecord, State, new_lineage, utc_now
 
 __all__ = [
     "FORMAT",
@@ -101,38 +99,12 @@ _record_values = operator.itemgetter(*REQUIRED_RECORD_FIELDS)
 _STATUS_BY_VALUE = {status.value: status for status in Status}
 
 
-def utc_now() -> str:
-    """Now as RFC 3339 UTC to the second: `2026-11-28T12:00:00Z`."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def new_lineage() -> str:
-    return str(uuid.uuid4())
-
-
 def journal_path(state_path: Path) -> Path:
     return state_path.with_name(state_path.name + ".journal")
 
 
 def backup_path(state_path: Path) -> Path:
     return state_path.with_name(state_path.name + ".backup")
-
-
-@dataclass
-class State:
-    """The state file in memory; `devices` is changed in place and written by `save_state`."""
-
-    path: Path
-    lineage: str
-    serial: int = 0
-    devices: dict[str, DeviceRecord] = field(default_factory=dict)
-    exists: bool = False  # the state file existed when loaded
-    replayed: int = 0  # journal entries replayed on load; save to fold them in
-    warnings: list[str] = field(default_factory=list)  # also logged to "rrpcsync.state"
-
-    @classmethod
-    def empty(cls, path: Path) -> State:
-        return cls(Path(path), new_lineage())
 
 
 # --------------------------------------------------------------------------- records
@@ -349,7 +321,7 @@ def read_state_file(path: Path) -> State:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return State.empty(path)
+        return State(str(path), new_lineage())
     except OSError as exc:
         raise StateError(f"cannot read state file {path}: {exc.strerror}") from None
     with gc_paused():
@@ -361,7 +333,7 @@ def read_state_file(path: Path) -> State:
             raise StateError(f"{path}: {exc}") from None
     if raw.count(b'"status"') > len(records):  # more records written than read: a repeated key?
         _check_unique_keys(path, raw)
-    return State(path, lineage, serial, records, exists=True)
+    return State(str(path), lineage, serial, records, exists=True)
 
 
 class _RepeatedKey(ValueError):
@@ -468,7 +440,7 @@ def _records(devices: dict[str, object]) -> dict[str, DeviceRecord]:
 
 def replay_journal(state: State) -> None:
     """Apply `<state>.journal` on top of `state`: later entries for a key win."""
-    path = journal_path(state.path)
+    path = journal_path(Path(state.location))
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -552,8 +524,9 @@ def _check_lineage(state: State, lineage: object) -> None:
         raise StateError("journal entry has no 'lineage'")
     if lineage != state.lineage:
         raise StateError(
-            f"journal belongs to another state (lineage {lineage}, but {state.path} has lineage "
-            f"{state.lineage}); move the journal away if it was left over from another state"
+            f"journal belongs to another state (lineage {lineage}, but {state.location} has "
+            f"lineage {state.lineage}); move the journal away if it was left over from another "
+            "state"
         )
 
 
@@ -566,7 +539,7 @@ def _entry_is_new(state: State, base_serial: object) -> bool:
         raise StateError(f"'base_serial' must be an integer, not {json_type(base_serial)}")
     if base_serial > state.serial:
         raise StateError(
-            f"journal entry was written on top of serial {base_serial}, but {state.path} has "
+            f"journal entry was written on top of serial {base_serial}, but {state.location} has "
             f"serial {state.serial} (was an older state restored?); move the journal away to use "
             "the state as it is"
         )
@@ -580,11 +553,11 @@ def save_state(state: State) -> None:
     """Write the state with serial + 1 atomically, keep the old file as backup, drop the journal."""
     serial = state.serial + 1
     data = encode_state(state, serial)
-    write_atomically(state.path, data)
+    write_atomically(Path(state.location), data)
     state.serial = serial
     state.exists = True
     state.replayed = 0
-    remove_journal(state.path)
+    remove_journal(Path(state.location))
 
 
 def state_document(state: State, serial: int) -> dict[str, Any]:
@@ -835,7 +808,7 @@ class Journal:
 
     @classmethod
     def open(cls, state: State) -> Journal:
-        path = journal_path(state.path)
+        path = journal_path(Path(state.location))
         try:
             drop_torn_tail(path)
             fd = _open_for_append(path)
@@ -985,3 +958,75 @@ def _rfind_newline(file: BinaryIO, end: int, block: int = 65536) -> int:
             return start + found
         end = start
     return -1
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def history_path(state_path: Path) -> Path:
+    return state_path.with_name(state_path.name + ".history")
+
+
+class JsonFileStore:
+    """The state as one JSON file, with its journal, backup, lock and run history beside it."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def lock(self, command: str, timeout: float = 0.0) -> StateLock:
+        return StateLock(self.path, command, timeout=timeout)
+
+    def load(self) -> State:
+        return load_state(self.path)
+
+    def recorder(self, state: State) -> Journal:
+        return Journal.open(state)
+
+    def save(self, state: State) -> None:
+        save_state(state)
+
+    def holder(self) -> dict[str, Any] | None:
+        return read_holder(self.path)
+
+    def unlock(self, force: bool) -> str:
+        return unlock(self.path, force)
+
+    def record_run(self, run: RunRecord) -> None:
+        """One JSON line per run in `<state>.history` (0600), appended durably."""
+        line = json.dumps(run._asdict(), ensure_ascii=False, sort_keys=True) + "\n"
+        path = history_path(self.path)
+        try:
+            fd = _open_for_append(path)
+            try:
+                _append_durably(fd, line.encode("utf-8"))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StateError(f"cannot write run history {path}: {exc.strerror}") from None
+
+    def runs(self) -> list[RunRecord]:
+        path = history_path(self.path)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StateError(f"cannot read run history {path}: {exc}") from None
+        runs = []
+        for number, line in enumerate(lines, 1):
+            try:
+                runs.append(RunRecord(**json.loads(line)))
+            except (ValueError, TypeError):
+                _warn_history(path, number)
+        return runs
+
+
+def _warn_history(path: Path, number: int) -> None:
+    log.warning("%s:%d: ignored a run history line that is not a run record", path, number)

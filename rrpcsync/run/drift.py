@@ -20,9 +20,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from rrpcsync import probe as probes
 from rrpcsync import secrets
-from rrpcsync.apply import (
+from rrpcsync.cloud.client import ApiResult, ErrorClass
+from rrpcsync.jsontext import canonical_json
+from rrpcsync.manifests import probe as probes
+from rrpcsync.model import Action, Change, DesiredDevice, DeviceRecord, Plan, Status, Unreachable
+from rrpcsync.planning.planner import Selection, resend_change
+from rrpcsync.run.executor import (
     ApplyOptions,
     AsyncPublisherContext,
     NoProgress,
@@ -32,11 +36,7 @@ from rrpcsync.apply import (
     should_retry,
     wait_before_retry,
 )
-from rrpcsync.client import ApiResult, ErrorClass
-from rrpcsync.jsontext import canonical_json
-from rrpcsync.model import Action, Change, DesiredDevice, DeviceRecord, Plan, Status, Unreachable
-from rrpcsync.plan import Selection, resend_change
-from rrpcsync.state import utc_now
+from rrpcsync.state.jsonfile import utc_now
 
 DRIFT = "drift"  # reason: the probe saw another config
 STALE = "stale"  # reason: not probed, and last applied longer ago than --resync-after

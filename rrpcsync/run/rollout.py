@@ -17,7 +17,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from rrpcsync.apply import (
+from rrpcsync.cloud.client import ApiResult
+from rrpcsync.manifests.policy import DEFAULT_POLICY, effective_min_sample
+from rrpcsync.model import Change, ManifestPolicy, Plan, RolloutSpec
+from rrpcsync.planning.schedule import Step, by_level, level_steps
+from rrpcsync.run.executor import (
     ApplyOptions,
     ApplyReport,
     Executor,
@@ -29,11 +33,7 @@ from rrpcsync.apply import (
     PublisherFactory,
     RateLimiter,
 )
-from rrpcsync.client import ApiResult
-from rrpcsync.model import Change, ManifestPolicy, Plan, RolloutSpec
-from rrpcsync.policy import DEFAULT_POLICY, effective_min_sample
-from rrpcsync.schedule import Step, by_level, level_steps
-from rrpcsync.state import Journal, State
+from rrpcsync.state.jsonfile import Journal, State
 
 Announce = Callable[[str], None]
 

@@ -179,7 +179,7 @@ def to_document(expectation: Expectation) -> dict[str, Any]:
 
 def from_document(doc: Any) -> Expectation:
     """Read `to_document` output back; ValueError when it is malformed."""
-    from rrpcsync.policy import check_with_schema
+    from rrpcsync.manifests.policy import check_with_schema
 
     check_with_schema({"$ref": "#/$defs/expect"}, doc, "expect")
     problems: list[str] = []

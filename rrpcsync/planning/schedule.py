@@ -16,8 +16,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from rrpcsync.manifests.policy import DEFAULT_POLICY, wave_value
 from rrpcsync.model import Change, ManifestPolicy, RolloutSpec
-from rrpcsync.policy import DEFAULT_POLICY, wave_value
 
 
 @dataclass(frozen=True, slots=True)

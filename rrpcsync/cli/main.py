@@ -14,11 +14,8 @@ from typing import Any, NoReturn, TextIO
 
 import click
 
-from rrpcsync import __version__, manifest, render
-from rrpcsync.errors import ExitCode, ManifestError, RrpcsyncError, UsageError
-from rrpcsync.manifest import LoadResult
-from rrpcsync.model import DesiredDevice, Plan, RolloutSpec
-from rrpcsync.options import (
+from rrpcsync import __version__
+from rrpcsync.cli.options import (
     DEFAULT_PATHS,
     client_options,
     format_option,
@@ -32,8 +29,13 @@ from rrpcsync.options import (
     selection_options,
     state_option,
 )
-from rrpcsync.plan import Selection, make_plan, plan_document
-from rrpcsync.policy import declared_policies
+from rrpcsync.errors import ExitCode, ManifestError, RrpcsyncError, UsageError
+from rrpcsync.manifests import loader as manifest
+from rrpcsync.manifests.loader import LoadResult
+from rrpcsync.manifests.policy import declared_policies
+from rrpcsync.model import DesiredDevice, Plan, RolloutSpec
+from rrpcsync.planning import render
+from rrpcsync.planning.planner import Selection, make_plan, plan_document
 
 NEW_STATE = ""  # the lineage of a plan made when the state file did not exist yet
 Refresher = Callable[[Sequence[DesiredDevice], Any, Plan], Plan]  # (desired, state, plan)
@@ -178,7 +180,7 @@ def compute_plan(
 ) -> tuple[Any, Plan]:
     """Load the state (while worker processes parse the manifests) and diff the two; `refresh`
     then adds drift (--refresh, --resync-after)."""
-    from rrpcsync.state import load_state
+    from rrpcsync.state.jsonfile import load_state
 
     desired, state = manifest.load_manifests_while(
         paths or DEFAULT_PATHS, lambda: load_state(Path(state_path))
@@ -208,7 +210,7 @@ def selection_from(
 def write_plan_outputs(
     plan: Plan, output_format: str, out_path: str | None, md_path: str | None
 ) -> None:
-    from rrpcsync.state import utc_now
+    from rrpcsync.state.jsonfile import utc_now
 
     doc = plan_document(plan, created_at=utc_now())
     if out_path:
@@ -365,7 +367,7 @@ def drift_refresher(
         return None
 
     def add_drift(desired: Sequence[DesiredDevice], state: Any, the_plan: Plan) -> Plan:
-        from rrpcsync import drift
+        from rrpcsync.run import drift
 
         observations = probe_for_drift(desired, state, selection, options) if refresh else {}
         if record:
@@ -386,7 +388,7 @@ def probe_for_drift(
     desired: Sequence[DesiredDevice], state: Any, selection: Selection, options: dict[str, Any]
 ) -> dict[str, Any]:
     """Observations of the devices to probe (none to probe: no request, no token needed)."""
-    from rrpcsync import drift
+    from rrpcsync.run import drift
 
     targets = drift.probe_targets(desired, state.devices, selection)
     if not targets:
@@ -472,9 +474,9 @@ def is_saved_plan(paths: Sequence[str]) -> bool:
 
 
 def load_saved_plan(path: str, state: Any) -> tuple[Plan, list[str]]:
-    from rrpcsync.apply import stale_changes
     from rrpcsync.errors import PlanFileError
-    from rrpcsync.plan import plan_from_document
+    from rrpcsync.planning.planner import plan_from_document
+    from rrpcsync.run.executor import stale_changes
 
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -483,13 +485,13 @@ def load_saved_plan(path: str, state: Any) -> tuple[Plan, list[str]]:
     saved = plan_from_document(doc, path, os.environ)
     if saved.lineage == NEW_STATE and state.exists:
         raise PlanFileError(
-            f"{path}: the plan was made before {state.path} existed, and another run has "
+            f"{path}: the plan was made before {state.location} existed, and another run has "
             "written it since; make a new plan"
         )
     if saved.lineage not in (NEW_STATE, state.lineage):
         raise PlanFileError(
             f"{path}: the plan was made for state lineage {saved.lineage}, but "
-            f"{state.path} has lineage {state.lineage}; make a new plan"
+            f"{state.location} has lineage {state.lineage}; make a new plan"
         )
     return saved, stale_changes(saved, state)
 
@@ -508,7 +510,7 @@ def confirm_or_refuse(auto_approve: bool) -> None:
 
 def sending_options(options: dict[str, Any]) -> Any:
     """Concurrency, pacing and retries shared by apply and the drift probes."""
-    from rrpcsync.apply import ApplyOptions
+    from rrpcsync.run.executor import ApplyOptions
 
     return ApplyOptions(
         parallelism=options["parallelism"],
@@ -519,13 +521,13 @@ def sending_options(options: dict[str, Any]) -> Any:
 
 
 def progress_bar() -> Any:
-    from rrpcsync.progress import Progress
+    from rrpcsync.run.progress import Progress
 
     return Progress(sys.stderr, live=sys.stderr.isatty() and not settings().quiet)
 
 
 def publisher_factory(options: dict[str, Any]) -> Callable[[], Any]:
-    from rrpcsync.client import DEFAULT_ENDPOINT, RrpcClient, check_endpoint, resolve_token
+    from rrpcsync.cloud.client import DEFAULT_ENDPOINT, RrpcClient, check_endpoint, resolve_token
 
     token = resolve_token(os.environ, options["access_token_file"])
     endpoint = options["endpoint"] or DEFAULT_ENDPOINT
@@ -603,7 +605,7 @@ def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options
     3 some devices failed or were blocked, or the rollout was aborted (docs/rollouts.md),
     1 fatal error or stale saved plan, 4 locked, 130 interrupted.
     """
-    from rrpcsync.state import StateLock, save_state
+    from rrpcsync.state.jsonfile import StateLock, save_state
 
     json_out = options["output_format"] == "json"
     with StateLock(Path(state_path), "apply", timeout=options["lock_timeout"]):
@@ -640,8 +642,8 @@ NO_CHANGES_REPORT: dict[str, Any] = {
 
 def execute(the_plan: Plan, state: Any, stale: Sequence[str], options: dict[str, Any]) -> Any:
     """Prune, then send; imported late so that a no-op apply never loads the HTTP stack."""
-    from rrpcsync.apply import ApplyReport
-    from rrpcsync.rollout import apply_rollout
+    from rrpcsync.run.executor import ApplyReport
+    from rrpcsync.run.rollout import apply_rollout
 
     make_publisher = publisher_factory(options) if the_plan.summary.to_send else None
     pruned = prune_orphans(the_plan, state)
@@ -678,7 +680,7 @@ def plan_for_apply(
     paths: Sequence[str], state_path: str, options: dict[str, Any]
 ) -> tuple[Any, Plan, list[str]]:
     if is_saved_plan(paths):
-        from rrpcsync.state import load_state
+        from rrpcsync.state.jsonfile import load_state
 
         if options["refresh"] or options["resync_after"] is not None:
             raise UsageError("--refresh and --resync-after plan from manifests, not a saved plan")
@@ -753,7 +755,7 @@ def state_list(state_path: str, output_format: str) -> None:
     """List recorded devices with their status, and counts per status."""
     from collections import Counter
 
-    from rrpcsync.state import load_state
+    from rrpcsync.state.jsonfile import load_state
 
     loaded = load_state(Path(state_path))
     counts = Counter(record.status.value for record in loaded.devices.values())
@@ -783,7 +785,7 @@ def state_list(state_path: str, output_format: str) -> None:
 @state_option
 def state_show(key: str, state_path: str) -> None:
     """Show one device's record, its reply decoded."""
-    from rrpcsync.state import load_state, record_to_dict
+    from rrpcsync.state.jsonfile import load_state, record_to_dict
 
     loaded = load_state(Path(state_path))
     record = loaded.devices.get(key)
@@ -798,7 +800,7 @@ def state_show(key: str, state_path: str) -> None:
 @lock_timeout_option
 def state_rm(keys: tuple[str, ...], state_path: str, lock_timeout: float) -> None:
     """Forget devices: nothing is sent; the next apply treats them as new."""
-    from rrpcsync.state import StateLock, load_state, save_state
+    from rrpcsync.state.jsonfile import StateLock, load_state, save_state
 
     with StateLock(Path(state_path), "state rm", timeout=lock_timeout):
         loaded = load_state(Path(state_path))
@@ -816,7 +818,7 @@ def state_rm(keys: tuple[str, ...], state_path: str, lock_timeout: float) -> Non
 @click.option("--force", is_flag=True, help="Remove the lock even if its holder looks alive.")
 def state_unlock(state_path: str, force: bool) -> None:
     """Remove a stale lock left by a run that died."""
-    from rrpcsync.state import unlock
+    from rrpcsync.state.jsonfile import unlock
 
     info(unlock(Path(state_path), force))
 
@@ -857,7 +859,7 @@ def demo(keep: bool) -> None:
 
     Edits one manifest and shows that the next apply sends exactly one message.
     """
-    from rrpcsync.demo import run_demo
+    from rrpcsync.cli.demo import run_demo
 
     def run(args: Sequence[str]) -> int:
         return run_guarded(cli, list(args))
