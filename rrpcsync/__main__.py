@@ -1,3 +1,3 @@
-from rrpcsync.cli.main import main
+from rrpcsync.cli import main
 
 main()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rrpcsync.cli.main import cli, run_guarded
+from rrpcsync.cli import cli, run_guarded
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -114,7 +114,7 @@ def test_schema_command_prints_the_packaged_schema(capsys: pytest.CaptureFixture
 
 
 def test_every_command_has_examples_in_help(capsys: pytest.CaptureFixture[str]) -> None:
-    from rrpcsync.cli.main import cli
+    from rrpcsync.cli import cli
 
     def walk(group: object, prefix: list[str]) -> list[list[str]]:
         found = [prefix]

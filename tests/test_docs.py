@@ -6,7 +6,7 @@ import re
 
 import click
 
-from rrpcsync.cli.main import cli
+from rrpcsync.cli import cli
 from rrpcsync.errors import ExitCode
 
 from .helpers import ROOT

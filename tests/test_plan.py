@@ -7,14 +7,11 @@ import hashlib
 import pytest
 
 from rrpcsync.errors import PlanFileError, UsageError
+from rrpcsync.manifests.selectors import parse_selector
 from rrpcsync.model import Action, DesiredDevice, DeviceRecord, ErrorInfo, Status
-from rrpcsync.planning.planner import (
-    Selection,
-    make_plan,
-    parse_selector,
-    plan_document,
-    plan_from_document,
-)
+from rrpcsync.planning.document import plan_document, plan_from_document
+from rrpcsync.planning.planner import make_plan
+from rrpcsync.planning.selection import Selection
 
 
 def sha(text: str) -> str:

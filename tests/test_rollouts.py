@@ -21,7 +21,7 @@ from rrpcsync.errors import PlanFileError
 from rrpcsync.manifests.expect import MISSING, check_reply, describe, parse_pointer, resolve_pointer
 from rrpcsync.manifests.policy import parse_waves
 from rrpcsync.model import Action, Change, Expectation, ManifestPolicy, Plan, RolloutSpec, Summary
-from rrpcsync.planning.planner import plan_document, plan_from_document
+from rrpcsync.planning.document import plan_document, plan_from_document
 from rrpcsync.planning.schedule import by_level, interleaved, level_steps, wave_sizes, wave_targets
 from rrpcsync.run.rollout import Guard
 from rrpcsync.state.jsonfile import load_state

@@ -1,5 +1,17 @@
-"""The command line: click commands that parse, call the library API, render and exit."""
+"""The command line: click commands that parse, call the library API (rrpcsync.api), render
+and exit. One module per command; `main` is the console script."""
 
-from rrpcsync.cli.main import cli, main, run_guarded
+from __future__ import annotations
 
-__all__ = ["cli", "main", "run_guarded"]
+import sys
+from typing import NoReturn
+
+from rrpcsync.cli import apply, plan, state, tools, validate
+from rrpcsync.cli.app import cli
+from rrpcsync.cli.boundary import run_guarded
+
+__all__ = ["apply", "cli", "main", "plan", "run_guarded", "state", "tools", "validate"]
+
+
+def main() -> NoReturn:
+    sys.exit(run_guarded(cli))

@@ -15,7 +15,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -25,7 +25,8 @@ from rrpcsync.cloud.client import ApiResult, ErrorClass
 from rrpcsync.jsontext import canonical_json
 from rrpcsync.manifests import probe as probes
 from rrpcsync.model import Action, Change, DesiredDevice, DeviceRecord, Plan, Status, Unreachable
-from rrpcsync.planning.planner import Selection, resend_change
+from rrpcsync.planning.planner import resend_change
+from rrpcsync.planning.selection import Selection
 from rrpcsync.run.executor import (
     ApplyOptions,
     AsyncPublisherContext,
@@ -36,7 +37,7 @@ from rrpcsync.run.executor import (
     should_retry,
     wait_before_retry,
 )
-from rrpcsync.state.jsonfile import utc_now
+from rrpcsync.state import State, utc_now
 
 DRIFT = "drift"  # reason: the probe saw another config
 STALE = "stale"  # reason: not probed, and last applied longer ago than --resync-after
@@ -324,15 +325,13 @@ def parse_time(text: str | None) -> datetime | None:
 # --------------------------------------------------------------------------- state
 
 
-def record_observations(
-    devices: MutableMapping[str, DeviceRecord], observations: Mapping[str, Observation]
-) -> int:
+def record_observations(state: State, observations: Mapping[str, Observation]) -> int:
     """Keep each answered probe's config (`observed`, `observed_at`) in the state's records."""
     count = 0
     for key, observation in observations.items():
-        record = devices.get(key)
+        record = state.devices.get(key)
         if record is None or not observation.answered:
             continue
-        devices[key] = record._replace(observed=observation.observed, observed_at=observation.at)
+        state.put(key, record._replace(observed=observation.observed, observed_at=observation.at))
         count += 1
     return count

@@ -25,7 +25,7 @@ from rrpcsync import secrets
 from rrpcsync.cloud.client import ApiResult, ErrorClass
 from rrpcsync.manifests.expect import REPLY_MISMATCH, check_reply
 from rrpcsync.model import Change, DeviceRecord, ErrorInfo, Plan, Status
-from rrpcsync.state.jsonfile import Journal, State, utc_now
+from rrpcsync.state import JsonFileStore, Recorder, State, utc_now
 
 
 class Publisher(Protocol):
@@ -224,7 +224,7 @@ async def wait_before_retry(
 class GroupCommit:
     """Batches journal writes from concurrent workers into one write + fsync per batch."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Recorder) -> None:
         self.journal = journal
         self.batch: list[tuple[str, DeviceRecord]] = []
         self.waiters: list[asyncio.Future[None]] = []
@@ -415,14 +415,16 @@ def apply_changes(
     options: ApplyOptions,
     progress: ProgressSink | None = None,
     skip: Iterable[str] = (),
+    recorder: Recorder | None = None,
 ) -> ApplyReport:
     """Send the plan's create/update/retry changes and record every outcome in `state`.
 
-    The caller saves the state afterwards (this function journals as it goes).
+    The caller saves the state afterwards (this function records results as they come, in
+    `recorder`; by default the journal of the JSON file at `state.location`).
     """
     skipped = set(skip)
     to_send = [c for c in plan.changes if c.action.sends and c.key not in skipped]
-    journal = Journal.open(state)
+    journal = recorder or JsonFileStore(state.location).recorder(state)
     started = time.monotonic()
     try:
         report = asyncio.run(_run(to_send, state, make_publisher, journal, options, progress))
@@ -436,7 +438,7 @@ async def _run(
     changes: Sequence[Change],
     state: State,
     make_publisher: PublisherFactory,
-    journal: Journal,
+    journal: Recorder,
     options: ApplyOptions,
     progress: ProgressSink | None,
 ) -> ApplyReport:

@@ -33,7 +33,7 @@ from rrpcsync.run.executor import (
     PublisherFactory,
     RateLimiter,
 )
-from rrpcsync.state.jsonfile import Journal, State
+from rrpcsync.state import JsonFileStore, Recorder, State
 
 Announce = Callable[[str], None]
 
@@ -284,6 +284,7 @@ def apply_rollout(
     progress: ProgressSink | None = None,
     skip: Iterable[str] = (),
     announce: Announce = lambda line: None,
+    recorder: Recorder | None = None,
 ) -> ApplyReport:
     """Send the plan's create/update/retry changes in rollout order; record every outcome.
 
@@ -301,7 +302,7 @@ def apply_rollout(
         _OneBar(sink, len(to_send)),
         announce,
     )
-    journal = Journal.open(state)
+    journal = recorder or JsonFileStore(state.location).recorder(state)
     started = time.monotonic()
     try:
         report = asyncio.run(_run(inputs, make_publisher, journal))
@@ -313,7 +314,7 @@ def apply_rollout(
 
 
 async def _run(
-    inputs: RolloutInputs, make_publisher: PublisherFactory, journal: Journal
+    inputs: RolloutInputs, make_publisher: PublisherFactory, journal: Recorder
 ) -> ApplyReport:
     async with make_publisher() as publisher:
         rollout = Rollout(inputs, publisher, GroupCommit(journal))

@@ -1,0 +1,438 @@
+"""The library API: validate, plan, apply and check drift without click.
+
+The CLI is a thin layer over these functions; scripts can call them too (docs/library.md).
+Every state write goes through the `StateStore` given; nothing here prints: progress notes go
+to the `say` callback, the plan to `show`, and confirmation is asked of `confirm`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rrpcsync.errors import FatalApiError, ManifestError, PlanFileError, UsageError
+from rrpcsync.manifests import loader
+from rrpcsync.manifests.loader import LoadResult
+from rrpcsync.manifests.policy import declared_policies
+from rrpcsync.model import Action, DesiredDevice, Plan, RolloutSpec
+from rrpcsync.planning.planner import make_plan
+from rrpcsync.planning.selection import Selection
+from rrpcsync.state import RunRecord, State, StateStore, open_store, utc_now
+
+if TYPE_CHECKING:
+    from rrpcsync.cloud.client import RrpcClient
+    from rrpcsync.run.executor import ApplyOptions, ApplyReport, ProgressSink
+
+__all__ = [
+    "NEW_STATE",
+    "Applied",
+    "Connection",
+    "DriftCheck",
+    "Planned",
+    "apply_manifests",
+    "check_drift",
+    "fatal_message",
+    "load_saved_plan",
+    "open_store",
+    "plan_manifests",
+    "validate_manifests",
+]
+
+DEFAULT_PATHS = ("configs/",)
+NEW_STATE = ""  # the lineage of a plan made when the state did not exist yet
+Say = Callable[[str], None]
+ProgressFactory = Callable[[], "ProgressSink"]
+
+
+def _quiet(_line: str) -> None:
+    """The default `say`: library callers see nothing unless they ask."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """How to reach the cloud: endpoint, token source, per-request timeout."""
+
+    endpoint: str | None = None  # None: the official URL
+    access_token_file: str | None = None  # None: env RRPCSYNC_ACCESS_TOKEN
+    allow_insecure_endpoint: bool = False
+    timeout: float = 15.0
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+
+@dataclass(frozen=True, slots=True)
+class DriftCheck:
+    """--refresh (probe devices) and --resync-after (re-send stale ones), docs/drift.md."""
+
+    refresh: bool = False
+    resync_after: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.refresh or self.resync_after is not None
+
+
+@dataclass(slots=True)
+class Planned:
+    """A plan and the state it was made against."""
+
+    state: State
+    plan: Plan
+    stale: list[str] = field(default_factory=list)  # saved plans: changes whose base moved
+
+
+@dataclass(slots=True)
+class Applied:
+    """What an apply did; `report` is None when there was nothing to send or forget."""
+
+    planned: Planned
+    report: ApplyReport | None
+
+
+# --------------------------------------------------------------------------- validate / plan
+
+
+def validate_manifests(paths: Sequence[str] = ()) -> LoadResult:
+    """Load and check manifests; any problem raises ManifestError carrying every diagnostic."""
+    result = loader.load_manifests(paths or DEFAULT_PATHS)
+    if not result.ok:
+        raise ManifestError(result.diagnostics, loader.summary_line(result))
+    return result
+
+
+def plan_manifests(
+    paths: Sequence[str],
+    store: StateStore,
+    *,
+    selection: Selection | None = None,
+    prune: bool = False,
+    drift: DriftCheck | None = None,
+    connection: Connection | None = None,
+    sending: ApplyOptions | None = None,
+    progress: ProgressFactory | None = None,
+    say: Say = _quiet,
+    record_observations: bool = False,
+) -> Planned:
+    """Diff the manifests against the store (the state loads while workers parse the manifests).
+
+    With `drift`, devices are first probed (`connection`/`sending` say how) and `drift` changes
+    planned; `record_observations` (apply) keeps what they reported in the loaded state.
+    """
+    selection = selection or Selection()
+    desired, state = loader.load_manifests_while(paths or DEFAULT_PATHS, store.load)
+    if not desired.ok:
+        raise ManifestError(desired.diagnostics, loader.summary_line(desired))
+    plan = make_plan(
+        desired.devices,
+        state.devices,
+        lineage=state.lineage if state.exists else NEW_STATE,
+        serial=state.serial,
+        prune=prune,
+        selection=selection,
+        policies=declared_policies(desired.manifests),
+    )
+    if drift is not None and drift.active:
+        plan = _add_drift(
+            desired.devices,
+            state,
+            plan,
+            selection,
+            drift,
+            _Sender(connection or Connection(), sending, progress, say),
+            record_observations,
+        )
+    return Planned(state, plan)
+
+
+def check_drift(
+    paths: Sequence[str],
+    store: StateStore,
+    *,
+    selection: Selection | None = None,
+    resync_after: float | None = None,
+    connection: Connection | None = None,
+    sending: ApplyOptions | None = None,
+    progress: ProgressFactory | None = None,
+    say: Say = _quiet,
+) -> Planned:
+    """`rrpcsync drift`: probe and plan, writing nothing (`plan --refresh`)."""
+    return plan_manifests(
+        paths,
+        store,
+        selection=selection,
+        drift=DriftCheck(refresh=True, resync_after=resync_after),
+        connection=connection,
+        sending=sending,
+        progress=progress,
+        say=say,
+    )
+
+
+@dataclass(slots=True)
+class _Sender:
+    """Everything needed to open clients to the cloud, shared by probes and apply."""
+
+    connection: Connection
+    sending: ApplyOptions | None
+    progress: ProgressFactory | None
+    say: Say
+
+    def options(self) -> ApplyOptions:
+        from rrpcsync.run.executor import ApplyOptions
+
+        return self.sending or ApplyOptions()
+
+    def sink(self) -> ProgressSink | None:
+        return self.progress() if self.progress is not None else None
+
+    def publisher_factory(self) -> Callable[[], RrpcClient]:
+        from rrpcsync.cloud.client import (
+            DEFAULT_ENDPOINT,
+            RrpcClient,
+            check_endpoint,
+            resolve_token,
+        )
+
+        conn = self.connection
+        token = resolve_token(conn.env, conn.access_token_file)
+        endpoint = conn.endpoint or DEFAULT_ENDPOINT
+        for warning in check_endpoint(endpoint, conn.allow_insecure_endpoint):
+            self.say(f"warning: {warning}")
+        parallelism = self.options().parallelism
+
+        def make() -> RrpcClient:
+            return RrpcClient(endpoint, token, timeout=conn.timeout, max_connections=parallelism)
+
+        return make
+
+
+def _add_drift(
+    desired: Sequence[DesiredDevice],
+    state: State,
+    plan: Plan,
+    selection: Selection,
+    check: DriftCheck,
+    sender: _Sender,
+    record: bool,
+) -> Plan:
+    from rrpcsync.run import drift
+
+    observations = _probe(desired, state, selection, sender) if check.refresh else {}
+    if record:
+        drift.record_observations(state, observations)
+    return drift.drift_plan(
+        plan,
+        desired,
+        state.devices,
+        selection=selection,
+        observations=observations,
+        resync_after=check.resync_after,
+    )
+
+
+def _probe(
+    desired: Sequence[DesiredDevice], state: State, selection: Selection, sender: _Sender
+) -> dict[str, Any]:
+    """Observations of the devices to probe (none to probe: no request, no token needed)."""
+    from rrpcsync.run import drift
+
+    targets = drift.probe_targets(desired, state.devices, selection)
+    if not targets:
+        return {}
+    sender.say(f"Probing {len(targets)} device(s) for drift...")
+    report = drift.probe_devices(
+        targets, sender.publisher_factory(), sender.options(), sender.sink()
+    )
+    if report.fatal is not None:
+        raise FatalApiError(fatal_message(report.fatal.code or "Unknown"))
+    sender.say(drift.probe_summary(report))
+    return report.observations
+
+
+# --------------------------------------------------------------------------- saved plans
+
+
+def is_saved_plan(paths: Sequence[str]) -> bool:
+    """Manifests are YAML: one `.json` argument is a saved plan (`plan --out`)."""
+    return len(paths) == 1 and paths[0].endswith(".json")
+
+
+def load_saved_plan(path: str, store: StateStore) -> Planned:
+    """A saved plan checked against the store's lineage; `stale` lists moved bases."""
+    from rrpcsync.planning.document import plan_from_document
+    from rrpcsync.run.executor import stale_changes
+
+    state = store.load()
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PlanFileError(f"{path}: cannot read saved plan: {exc}") from None
+    saved = plan_from_document(doc, path, os.environ)
+    if saved.lineage == NEW_STATE and state.exists:
+        raise PlanFileError(
+            f"{path}: the plan was made before {state.location} existed, and another run has "
+            "written it since; make a new plan"
+        )
+    if saved.lineage not in (NEW_STATE, state.lineage):
+        raise PlanFileError(
+            f"{path}: the plan was made for state lineage {saved.lineage}, but "
+            f"{state.location} has lineage {state.lineage}; make a new plan"
+        )
+    return Planned(state, saved, stale_changes(saved, state))
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def apply_manifests(
+    paths: Sequence[str],
+    store: StateStore,
+    *,
+    selection: Selection | None = None,
+    prune: bool = False,
+    drift: DriftCheck | None = None,
+    connection: Connection | None = None,
+    sending: ApplyOptions | None = None,
+    rollout: RolloutSpec | None = None,
+    lock_timeout: float = 0.0,
+    show: Callable[[Plan], None] = lambda plan: None,
+    confirm: Callable[[Plan], None] = lambda plan: None,
+    progress: ProgressFactory | None = None,
+    say: Say = _quiet,
+) -> Applied:
+    """Plan (or load the one saved plan in `paths`), show, confirm, send, record, save.
+
+    `confirm` raises to refuse. Holds the store's lock throughout.
+    """
+    sender = _Sender(connection or Connection(), sending, progress, say)
+    started = utc_now()
+    with store.lock("apply", timeout=lock_timeout):
+        if is_saved_plan(paths):
+            if drift is not None and drift.active:
+                raise UsageError(
+                    "--refresh and --resync-after plan from manifests, not a saved plan"
+                )
+            planned = load_saved_plan(paths[0], store)
+        else:
+            planned = plan_manifests(
+                paths,
+                store,
+                selection=selection,
+                prune=prune,
+                drift=drift,
+                connection=sender.connection,
+                sending=sending,
+                progress=progress,
+                say=say,
+                record_observations=True,
+            )
+        show(planned.plan)
+        the_plan, state = planned.plan, planned.state
+        if not the_plan.actionable and not planned.stale:
+            if state.replayed or the_plan.summary.probed > the_plan.summary.unreachable:
+                store.save(state)  # fold a killed run's journal in; keep what probes saw
+            return Applied(planned, None)
+        confirm(the_plan)
+        report = _execute(planned, store, sender, rollout or RolloutSpec())
+        store.save(state)
+        store.record_run(_run_record("apply", started, report, state))
+    return Applied(planned, report)
+
+
+def _execute(
+    planned: Planned, store: StateStore, sender: _Sender, flags: RolloutSpec
+) -> ApplyReport:
+    """Forget orphans (with prune), then send in rollout order."""
+    from rrpcsync.run.executor import ApplyReport
+    from rrpcsync.run.rollout import apply_rollout
+
+    the_plan, state = planned.plan, planned.state
+    make_publisher = sender.publisher_factory() if the_plan.summary.to_send else None
+    pruned = prune_orphans(the_plan, state)
+    report = ApplyReport()
+    if make_publisher is not None:
+        report = apply_rollout(
+            the_plan,
+            state,
+            make_publisher,
+            sender.options(),
+            flags,
+            sender.sink(),
+            planned.stale,
+            sender.say,
+            recorder=store.recorder(state),
+        )
+    report.pruned = pruned
+    report.stale = list(planned.stale)
+    return report
+
+
+def prune_orphans(the_plan: Plan, state: State) -> list[str]:
+    if not the_plan.prune:
+        return []
+    orphans = [c.key for c in the_plan.changes if c.action is Action.ORPHAN]
+    for key in orphans:
+        state.drop(key)
+    return orphans
+
+
+def _run_record(command: str, started: str, report: ApplyReport, state: State) -> RunRecord:
+    from collections import Counter
+
+    counts = Counter(record.status.value for record in state.devices.values())
+    return RunRecord(
+        started_at=started,
+        finished_at=utc_now(),
+        command=command,
+        ci_url=_ci_url(os.environ),
+        commit=os.environ.get("GITHUB_SHA") or os.environ.get("CI_COMMIT_SHA"),
+        sent=len(report.applied) + len(report.failed) + len(report.unknown),
+        applied=len(report.applied),
+        failed=len(report.failed),
+        failed_by_code=dict(report.failures_by_code),
+        counts=dict(sorted(counts.items())),
+    )
+
+
+def _ci_url(env: Mapping[str, str]) -> str | None:
+    from rrpcsync.state.lock import ci_url
+
+    return ci_url(env)
+
+
+def remove_devices(store: StateStore, keys: Sequence[str], lock_timeout: float = 0.0) -> State:
+    """`state rm`: forget devices (nothing is sent); every key must be recorded."""
+    with store.lock("state rm", timeout=lock_timeout):
+        state = store.load()
+        missing = [key for key in keys if key not in state.devices]
+        if missing:
+            raise UsageError(f"not in {store.location}: {', '.join(missing)}; nothing was removed")
+        for key in keys:
+            state.drop(key)
+        store.save(state)
+    return state
+
+
+# --------------------------------------------------------------------------- messages
+
+
+FATAL_HINTS = {
+    "InvalidParameterValue.InvalidAccessToken": "log in again and set RRPCSYNC_ACCESS_TOKEN",
+}
+
+
+def fatal_message(code: str) -> str:
+    """What to tell the user when the cloud refuses the run itself."""
+    if code in FATAL_HINTS:
+        return f"the access token was rejected ({code}); {FATAL_HINTS[code]}"
+    if code == "Transport.CertificateError":
+        return (
+            "the endpoint's TLS certificate could not be verified (Transport.CertificateError); "
+            "check RRPCSYNC_ENDPOINT (and SSL_CERT_FILE for a private CA); nothing was sent"
+        )
+    if code.startswith("HTTP."):
+        return f"the endpoint refused the request ({code}); check RRPCSYNC_ENDPOINT"
+    return f"the cloud refused the request ({code}); check the account's rights on this product"

@@ -1,0 +1,183 @@
+"""`rrpcsync apply`: show the plan, confirm, send, record; the summary and the exit code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from rrpcsync import api
+from rrpcsync.cli.app import cli, examples, info, out, settings
+from rrpcsync.cli.boundary import fail
+from rrpcsync.cli.inputs import (
+    connection_from,
+    drift_from,
+    progress_bar,
+    rollout_flags,
+    selection_from,
+    sending_options,
+)
+from rrpcsync.cli.options import (
+    client_options,
+    format_option,
+    lock_timeout_option,
+    paths_argument,
+    prune_option,
+    refresh_options,
+    rollout_options,
+    selection_options,
+    state_option,
+)
+from rrpcsync.cli.output import append_step_summary
+from rrpcsync.cli.validate import report_diagnostics
+from rrpcsync.errors import ExitCode, ManifestError, UsageError
+from rrpcsync.model import Plan
+from rrpcsync.planning import render
+
+if TYPE_CHECKING:
+    from rrpcsync.run.executor import ApplyReport
+
+NO_CHANGES_REPORT: dict[str, Any] = {
+    "applied": [],
+    "failed": {},
+    "failed_by_code": {},
+    "not_sent": [],
+    "unknown": [],
+    "stale": [],
+    "pruned": [],
+    "requests": 0,
+    "elapsed_seconds": 0.0,
+    "interrupted": False,
+    "blocked": [],
+    "aborted": None,
+}
+
+
+@cli.command(
+    epilog=examples(
+        "rrpcsync apply configs/ --auto-approve",
+        "rrpcsync plan --out plan.json && rrpcsync apply plan.json --auto-approve",
+        "rrpcsync apply --target 'ASBHKN/dev-00*' --parallelism 50 --rate 20",
+        "rrpcsync apply --prune --auto-approve --format json > report.json",
+        "rrpcsync apply --canary 5 --waves 10%,50% --max-failure-rate 2 --auto-approve",
+        "rrpcsync apply --refresh --auto-approve   # probe for drift and correct it",
+    )
+)
+@paths_argument
+@state_option
+@click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
+@client_options
+@rollout_options
+@format_option("text", "json")
+@lock_timeout_option
+@selection_options
+@prune_option
+@refresh_options
+def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options: Any) -> None:
+    """Send the plan's changes (create, update, retry, drift) and record every reply in the state.
+
+    PATHS are manifest files/folders, or one saved plan (`plan --out`). Exit 0 all applied,
+    3 some devices failed or were blocked, or the rollout was aborted (docs/rollouts.md),
+    1 fatal error or stale saved plan, 4 locked, 130 interrupted.
+    """
+    json_out = options["output_format"] == "json"
+    try:
+        applied = api.apply_manifests(
+            paths,
+            api.open_store(state_path),
+            selection=selection_from(options["targets"], options["excludes"], options["selectors"]),
+            prune=options["prune"],
+            drift=drift_from(options),
+            connection=connection_from(options),
+            sending=sending_options(options),
+            rollout=rollout_flags(options),
+            lock_timeout=options["lock_timeout"],
+            show=lambda the_plan: show_plan(the_plan, to_stderr=json_out),
+            confirm=lambda _plan: confirm_or_refuse(auto_approve),
+            progress=progress_bar,
+            say=info,
+        )
+    except ManifestError as error:
+        report_diagnostics(error, "text")
+        raise SystemExit(ExitCode.ERROR) from None
+    if applied.report is None:
+        if json_out:
+            out(json.dumps(NO_CHANGES_REPORT, indent=2))
+        return
+    stale = applied.planned.stale
+    render_report(applied.report, stale, json_out)
+    raise SystemExit(apply_exit_code(applied.report, stale))
+
+
+def show_plan(the_plan: Plan, to_stderr: bool) -> None:
+    color = settings().color and not to_stderr
+    for line in render.plan_text(the_plan, color=color, prune=the_plan.prune):
+        click.echo(line, err=to_stderr)
+
+
+def confirm_or_refuse(auto_approve: bool) -> None:
+    if auto_approve:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "refusing to apply without confirmation: stdin is not a terminal; "
+            "review the plan and pass --auto-approve"
+        )
+    if not click.confirm("Apply these changes?", default=False, err=True):
+        raise UsageError("apply cancelled; nothing was sent")
+
+
+def apply_exit_code(report: ApplyReport, stale: Sequence[str]) -> ExitCode:
+    if report.fatal is not None:
+        fail(api.fatal_message(report.fatal.code or "Unknown"), ExitCode.ERROR)
+    if report.interrupted:
+        return ExitCode.INTERRUPTED
+    if stale:
+        info(f"error: {len(stale)} change(s) of the saved plan were stale and not applied")
+        return ExitCode.ERROR
+    if report.aborted:
+        click.echo(f"error: {report.aborted}", err=True)
+    return ExitCode.PARTIAL if report.failed or report.blocked else ExitCode.OK
+
+
+def report_document(report: ApplyReport, stale: Sequence[str]) -> dict[str, Any]:
+    return {
+        "applied": sorted(report.applied),
+        "failed": {
+            key: {"code": err.code, "message": err.message, "at": err.at}
+            for key, err in sorted(report.failed.items())
+        },
+        "failed_by_code": dict(report.failures_by_code),
+        "not_sent": sorted(report.not_sent),
+        "unknown": sorted(report.unknown),
+        "stale": sorted(stale),
+        "pruned": sorted(report.pruned),
+        "requests": report.requests,
+        "elapsed_seconds": round(report.elapsed, 3),
+        "interrupted": report.interrupted,
+        "blocked": sorted(report.blocked),
+        "aborted": report.aborted,
+    }
+
+
+def render_report(report: ApplyReport, stale: Sequence[str], json_out: bool) -> None:
+    if json_out:
+        out(json.dumps(report_document(report, stale), indent=2, ensure_ascii=False))
+        return
+    lines = render.apply_summary(
+        len(report.applied),
+        dict(report.failures_by_code),
+        len(report.not_sent) + len(report.unknown),
+        len(stale),
+        len(report.pruned),
+        report.elapsed,
+        report.requests,
+    )
+    if report.blocked:
+        lines.append(f"  blocked {len(report.blocked):>5}  (a dependency had failures)")
+    for line in lines:
+        out(line)
+    append_step_summary("\n".join(["### rrpcsync apply", "", *lines, ""]))

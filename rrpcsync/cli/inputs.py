@@ -1,0 +1,64 @@
+"""Click option values turned into the library API's inputs, shared by several commands."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rrpcsync import api
+from rrpcsync.cli.app import settings
+from rrpcsync.model import RolloutSpec
+from rrpcsync.planning.selection import Selection
+
+if TYPE_CHECKING:
+    from rrpcsync.run.executor import ApplyOptions
+    from rrpcsync.run.progress import Progress
+
+
+def selection_from(
+    targets: Sequence[str], excludes: Sequence[str], selectors: Sequence[str]
+) -> Selection:
+    return Selection.from_options(targets, excludes, selectors)
+
+
+def connection_from(options: dict[str, Any]) -> api.Connection:
+    return api.Connection(
+        endpoint=options["endpoint"],
+        access_token_file=options["access_token_file"],
+        allow_insecure_endpoint=options["allow_insecure_endpoint"],
+        timeout=options["timeout"],
+    )
+
+
+def sending_options(options: dict[str, Any]) -> ApplyOptions:
+    """Concurrency, pacing and retries shared by apply and the drift probes."""
+    from rrpcsync.run.executor import ApplyOptions
+
+    return ApplyOptions(
+        parallelism=options["parallelism"],
+        rate=options["rate"],
+        retries=options["retries"],
+        backoff=options["retry_backoff"],
+    )
+
+
+def drift_from(options: dict[str, Any]) -> api.DriftCheck:
+    return api.DriftCheck(options.get("refresh", False), options.get("resync_after"))
+
+
+def rollout_flags(options: dict[str, Any]) -> RolloutSpec:
+    """The rollout flags of apply; each one given overrides the manifests' `spec.rollout`."""
+    return RolloutSpec(
+        canary=options["canary"],
+        waves=options["waves"],
+        max_failures=options["max_failures"],
+        max_failure_rate=options["max_failure_rate"],
+        min_sample=options["min_sample"],
+    )
+
+
+def progress_bar() -> Progress:
+    from rrpcsync.run.progress import Progress
+
+    return Progress(sys.stderr, live=sys.stderr.isatty() and not settings().quiet)

@@ -1,0 +1,57 @@
+"""`rrpcsync validate` and `rrpcsync schema`."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from rrpcsync import api
+from rrpcsync.cli.app import cli, examples, info, out
+from rrpcsync.cli.options import format_option, paths_argument
+from rrpcsync.errors import ExitCode, ManifestError
+from rrpcsync.manifests import loader
+from rrpcsync.planning import render
+
+
+def report_diagnostics(error: ManifestError, output_format: str) -> None:
+    diags = error.diagnostics
+    if output_format == "json":
+        out(render.diagnostics_json(diags))
+    else:
+        for diag in diags:
+            click.echo(render.diagnostic_line(diag), err=True)
+        if output_format == "github" or os.environ.get("GITHUB_ACTIONS") == "true":
+            for diag in diags:
+                out(render.github_annotation(diag))
+    info(f"{len(diags)} error(s); {error.summary}" if error.summary else f"{len(diags)} error(s)")
+
+
+@cli.command(
+    epilog=examples(
+        "rrpcsync validate                      # checks configs/",
+        "rrpcsync validate a.yaml fleet/ --format json",
+        "rrpcsync validate --format github      # annotations in GitHub Actions",
+    )
+)
+@paths_argument
+@format_option("text", "json", "github")
+def validate(paths: tuple[str, ...], output_format: str) -> None:
+    """Check manifests against the schema and the rules beyond it; report every error.
+
+    Exit 0 when every file is valid, 1 otherwise.
+    """
+    try:
+        result = api.validate_manifests(paths)
+    except ManifestError as error:
+        report_diagnostics(error, output_format)
+        raise SystemExit(ExitCode.ERROR) from None
+    if output_format == "json":
+        out("[]")
+    info(f"valid: {loader.summary_line(result)}")
+
+
+@cli.command(epilog=examples("rrpcsync schema > rrpcsync.schema.json"))
+def schema() -> None:
+    """Print the manifest JSON Schema (Draft 2020-12), e.g. for editors."""
+    out(loader.schema_text().rstrip("\n"))

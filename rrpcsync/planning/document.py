@@ -1,0 +1,164 @@
+"""Saved plans: the JSON form of a plan (`plan --out`, `plan --format json`) and back."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from rrpcsync import secrets
+from rrpcsync.errors import PlanFileError
+from rrpcsync.manifests import expect
+from rrpcsync.manifests.policy import policy_from_document, policy_to_document
+from rrpcsync.model import Action, Change, Plan, Summary
+
+PLAN_FORMAT = "rrpcsync-plan"
+PLAN_FORMAT_VERSION = 1
+
+
+def plan_document(plan: Plan, *, created_at: str, include_payloads: bool = True) -> dict[str, Any]:
+    """The JSON form of a plan (`plan --format json` and `plan --out`), see docs/plan-json.md."""
+    summary = plan.summary
+    return {
+        "format": PLAN_FORMAT,
+        "format_version": PLAN_FORMAT_VERSION,
+        "created_at": created_at,
+        "lineage": plan.lineage or None,  # null: planned against a state not yet created
+        "serial": plan.serial,
+        "prune": plan.prune,
+        "summary": {
+            "create": summary.create,
+            "update": summary.update,
+            "retry": summary.retry,
+            "orphan": summary.orphan,
+            "unchanged": summary.noop,
+            **_drift_counts(plan),
+        },
+        "changes": [_change_document(change, include_payloads) for change in plan.changes],
+        **_unreachable_document(plan),
+        **_policies_document(plan),
+    }
+
+
+def _policies_document(plan: Plan) -> dict[str, Any]:
+    """`manifests`: priority, dependsOn, rollout of the manifests that set them (if any)."""
+    if not plan.policies:
+        return {}
+    policies = sorted(plan.policies.items())
+    return {"manifests": {name: policy_to_document(policy) for name, policy in policies}}
+
+
+def _change_document(change: Change, include_payloads: bool) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "key": change.key,
+        "action": change.action.value,
+        "manifest": change.manifest,
+        "source": change.source,
+        "payload_sha256_before": change.payload_sha256_before,
+        "payload_sha256_after": change.payload_sha256_after,
+    }
+    if change.last_error_code is not None:
+        doc["last_error_code"] = change.last_error_code
+    if change.expect is not None:
+        doc["expect"] = expect.to_document(change.expect)
+    if change.action is Action.DRIFT:
+        doc.update(reason=change.reason, observed=change.observed, applied_at=change.applied_at)
+    if include_payloads and change.action.sends:
+        if change.payload_template is not None:  # sensitive: re-resolved from env on apply
+            doc["payload_template"] = change.payload_template
+        else:
+            doc["payload"] = change.payload
+    return doc
+
+
+def plan_from_document(doc: Any, source: str, env: Mapping[str, str] | None = None) -> Plan:
+    """Rebuild a saved plan; anything malformed is a PlanFileError naming `source`.
+
+    Sensitive payloads were saved as templates: `env` supplies their `${env:…}` values.
+    """
+    if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
+        raise PlanFileError(f"{source}: not a saved rrpcsync plan (missing format {PLAN_FORMAT!r})")
+    if doc.get("format_version") != PLAN_FORMAT_VERSION:
+        raise PlanFileError(
+            f"{source}: plan format_version {doc.get('format_version')!r} is not supported "
+            f"(this rrpcsync reads {PLAN_FORMAT_VERSION})"
+        )
+    try:
+        changes = tuple(_change_from_document(item, env or {}) for item in doc["changes"])
+        lineage, serial = str(doc["lineage"] or ""), int(doc["serial"])
+        prune = bool(doc.get("prune", False))
+        policies = {
+            str(name): policy_from_document(item)
+            for name, item in (doc.get("manifests") or {}).items()
+        }
+    except secrets.MissingVariable as missing:
+        raise PlanFileError(
+            f"{source}: environment variable {missing.name} is not set "
+            f"(the plan references ${{env:{missing.name}}})"
+        ) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PlanFileError(f"{source}: malformed saved plan ({exc})") from None
+    counts = Counter(change.action for change in changes)
+    summary = Summary(
+        counts[Action.CREATE],
+        counts[Action.UPDATE],
+        counts[Action.RETRY],
+        counts[Action.ORPHAN],
+        int(doc.get("summary", {}).get("unchanged", 0)),
+        drift=counts[Action.DRIFT],
+    )
+    return Plan(lineage, serial, changes, summary, {}, prune, policies)
+
+
+def _drift_counts(plan: Plan) -> dict[str, int]:
+    """Drift-checked plans (--refresh, --resync-after) also count drifted and unreachable."""
+    if not plan.refreshed:
+        return {}
+    return {"drift": plan.summary.drift, "unreachable": plan.summary.unreachable}
+
+
+def _unreachable_document(plan: Plan) -> dict[str, Any]:
+    if not plan.refreshed:
+        return {}
+    return {"unreachable": [item._asdict() for item in plan.unreachable]}
+
+
+def _resolve_saved(template: str, digest: object, env: Mapping[str, str]) -> str:
+    """The saved template resolved: verbatim (a string payload) or as canonical JSON."""
+    verbatim = secrets.resolve(template, False, env)
+    if hashlib.sha256(verbatim.encode()).hexdigest() == digest:
+        return verbatim
+    try:
+        return secrets.resolve(template, True, env)
+    except ValueError:
+        return verbatim  # not JSON: the sha256 check below reports the mismatch
+
+
+def _change_from_document(item: Mapping[str, Any], env: Mapping[str, str]) -> Change:
+    action = Action(item["action"])
+    template = item.get("payload_template")
+    payload = item.get("payload")
+    if isinstance(template, str):
+        payload = _resolve_saved(template, item.get("payload_sha256_after"), env)
+    if action.sends and not isinstance(payload, str):
+        raise ValueError(f"change {item.get('key')!r} has no payload")
+    after = item.get("payload_sha256_after")
+    if isinstance(payload, str) and hashlib.sha256(payload.encode()).hexdigest() != after:
+        why = "a referenced variable changed since" if template else "does not match its sha256"
+        raise ValueError(f"change {item.get('key')!r}: payload {why}")
+    return Change(
+        key=str(item["key"]),
+        action=action,
+        manifest=item.get("manifest"),
+        source=item.get("source"),
+        payload=payload,
+        payload_sha256_after=after,
+        payload_sha256_before=item.get("payload_sha256_before"),
+        last_error_code=item.get("last_error_code"),
+        payload_template=template if isinstance(template, str) else None,
+        expect=expect.from_document(item["expect"]) if "expect" in item else None,
+        reason=item.get("reason"),
+        observed=item.get("observed"),
+        applied_at=item.get("applied_at"),
+    )
