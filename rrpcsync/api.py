@@ -189,12 +189,8 @@ class _Sender:
         return self.progress() if self.progress is not None else None
 
     def publisher_factory(self) -> Callable[[], RrpcClient]:
-        from rrpcsync.cloud.client import (
-            DEFAULT_ENDPOINT,
-            RrpcClient,
-            check_endpoint,
-            resolve_token,
-        )
+        from rrpcsync.cloud.client import RrpcClient
+        from rrpcsync.cloud.settings import DEFAULT_ENDPOINT, check_endpoint, resolve_token
 
         conn = self.connection
         token = resolve_token(conn.env, conn.access_token_file)

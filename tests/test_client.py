@@ -27,20 +27,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rrpcsync import __version__
-from rrpcsync.cloud.client import (
-    DEFAULT_ENDPOINT,
-    ApiResult,
-    ErrorClass,
-    RrpcClient,
-    check_endpoint,
-    classify,
-    env_proxy,
-    parse_response,
-    parse_retry_after,
-    redact,
-    resolve_token,
-    transport_error_code,
-)
+from rrpcsync.cloud.classify import ErrorClass, classify
+from rrpcsync.cloud.client import RrpcClient, transport_error_code
+from rrpcsync.cloud.results import ApiResult, parse_response, parse_retry_after, redact
+from rrpcsync.cloud.settings import DEFAULT_ENDPOINT, check_endpoint, resolve_token
+from rrpcsync.cloud.transport import env_proxy
 from rrpcsync.errors import ConfigError
 
 TOKEN = "tok-8b4a70dd16105f-SECRET-18edd4e78a3bb8ec"

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from rrpcsync.cloud.client import ErrorClass, RrpcClient
+from rrpcsync.cloud.classify import ErrorClass
+from rrpcsync.cloud.client import RrpcClient
 from rrpcsync.emulator import Emulator, FleetError, load_fleet
 from rrpcsync.model import DeviceRecord, Status
 from rrpcsync.state.jsonfile import State, backup_path, journal_path, load_state, lock_path

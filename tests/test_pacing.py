@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from rrpcsync.cloud.client import ApiResult, ErrorClass
+from rrpcsync.cloud.classify import ErrorClass
+from rrpcsync.cloud.results import ApiResult
 from rrpcsync.run.executor import ApplyOptions, RateLimiter, backoff_delay
 from rrpcsync.run.progress import Progress, eta_text, progress_line
 

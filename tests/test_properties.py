@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rrpcsync.cloud.client import ApiResult, ErrorClass
+from rrpcsync.cloud.classify import ErrorClass
+from rrpcsync.cloud.results import ApiResult
 from rrpcsync.manifests.loader import canonical_payload, load_manifests, merge
 from rrpcsync.model import Action, DesiredDevice, DeviceRecord, ErrorInfo, Plan, Status
 from rrpcsync.planning.planner import make_plan

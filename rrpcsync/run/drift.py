@@ -21,7 +21,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from rrpcsync import secrets
-from rrpcsync.cloud.client import ApiResult, ErrorClass
+from rrpcsync.cloud.classify import ErrorClass
+from rrpcsync.cloud.results import ApiResult
 from rrpcsync.jsontext import canonical_json
 from rrpcsync.manifests import probe as probes
 from rrpcsync.model import Action, Change, DesiredDevice, DeviceRecord, Plan, Status, Unreachable

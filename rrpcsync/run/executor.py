@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from rrpcsync import secrets
-from rrpcsync.cloud.client import ApiResult, ErrorClass
+from rrpcsync.cloud.classify import ErrorClass
+from rrpcsync.cloud.results import ApiResult
 from rrpcsync.manifests.expect import REPLY_MISMATCH, check_reply
 from rrpcsync.model import Change, DeviceRecord, ErrorInfo, Plan, Status
 from rrpcsync.state import JsonFileStore, Recorder, State, utc_now

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from rrpcsync.cloud.client import ApiResult
+from rrpcsync.cloud.results import ApiResult
 from rrpcsync.manifests.policy import DEFAULT_POLICY, effective_min_sample
 from rrpcsync.model import Change, ManifestPolicy, Plan, RolloutSpec
 from rrpcsync.planning.schedule import Step, by_level, level_steps
