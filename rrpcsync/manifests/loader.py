@@ -22,10 +22,11 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from rrpcsync import secrets
-from rrpcsync.errors import Diagnostic
+from rrpcsync.errors import Diagnostic, ManifestError
 from rrpcsync.jsontext import canonical_payload
 from rrpcsync.manifests import probe as probes
 from rrpcsync.manifests.expect import ManifestExpectations, check_echo_payload
+from rrpcsync.manifests.files import input_file_problem, read_manifest_file
 from rrpcsync.manifests.policy import DEFAULT_POLICY, dependency_problems, parse_policy
 from rrpcsync.model import EMPTY_LABELS, DesiredDevice, ManifestPolicy
 
@@ -230,6 +231,8 @@ def discover(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[
             files.extend(found)
         elif path.is_file():
             files.append(path)
+        elif (problem := input_file_problem(path)) is not None:
+            problems.append(problem)
         else:
             problems.append(_path_problem(path, "no such file or folder"))
     return list(dict.fromkeys(files)), problems
@@ -325,9 +328,9 @@ def load_file(path: Path) -> LoadResult:
 
 def _read_text(path: Path) -> tuple[str, Diagnostic | None]:
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return "", Diagnostic(str(path), 1, 1, "$", f"cannot read file: {exc.strerror}")
+        data = read_manifest_file(path)
+    except ManifestError as exc:
+        return "", exc.diagnostics[0]
     try:
         return data.decode("utf-8-sig"), None
     except UnicodeDecodeError as exc:
