@@ -292,8 +292,12 @@ def test_resync_after_selects_exactly_the_stale_devices(
         ("P1/d1", "drift", "stale"),
         ("P1/d3", "drift", "stale"),
     ]
-    text = cli(capsys, emu, "plan", "--resync-after", "1d")
+    text = cli(capsys, emu, "plan", "--resync-after", "1d", "--detail", "full")
     assert "  ! P1/d1  (configs/m.yaml:8)  stale: last applied " in text.out
+    grouped = cli(capsys, emu, "plan", "--resync-after", "1d")
+    assert "  ! 2 devices in m1  stale: last applied longer ago than --resync-after, re-sent" in (
+        grouped.out_lines
+    )
     assert "2 drifted" in text.out
     applied = cli(capsys, emu, "apply", "--resync-after", "24h")
     assert applied.code == 0, applied.err

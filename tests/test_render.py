@@ -81,7 +81,7 @@ def big_plan(n: int) -> Plan:
 
 
 def test_markdown_of_100k_changes_stays_within_limit_and_counts_left_out() -> None:
-    text = plan_markdown(big_plan(100_000))
+    text = plan_markdown(big_plan(100_000), grouped=False)  # --detail full
     assert len(text) <= MARKDOWN_LIMIT
     assert text.startswith(MARKDOWN_MARKER + "\n### rrpcsync plan")
     assert "| 0 | 100000 | 0 | 0 | 0 |" in text

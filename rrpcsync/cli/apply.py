@@ -22,6 +22,7 @@ from rrpcsync.cli.inputs import (
 )
 from rrpcsync.cli.options import (
     client_options,
+    detail_option,
     format_option,
     lock_timeout_option,
     paths_argument,
@@ -34,8 +35,9 @@ from rrpcsync.cli.options import (
 from rrpcsync.cli.summary import NO_CHANGES_REPORT, render_report
 from rrpcsync.cli.validate import report_diagnostics
 from rrpcsync.errors import ExitCode, ManifestError, UsageError
-from rrpcsync.model import Plan
+from rrpcsync.model import Plan, RolloutSpec
 from rrpcsync.planning import render
+from rrpcsync.planning.render import NO_FLAGS
 
 if TYPE_CHECKING:
     from rrpcsync.run.executor import ApplyReport
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
 @client_options
 @rollout_options
 @format_option("text", "json")
+@detail_option
 @lock_timeout_option
 @selection_options
 @prune_option
@@ -69,6 +72,7 @@ def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options
     1 fatal error or stale saved plan, 4 locked, 130 interrupted.
     """
     json_out = options["output_format"] == "json"
+    rollout = rollout_flags(options)
     try:
         applied = api.apply_manifests(
             paths,
@@ -78,9 +82,11 @@ def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options
             drift=drift_from(options),
             connection=connection_from(options),
             sending=sending_options(options),
-            rollout=rollout_flags(options),
+            rollout=rollout,
             lock_timeout=options["lock_timeout"],
-            show=lambda the_plan: show_plan(the_plan, to_stderr=json_out),
+            show=lambda the_plan: show_plan(
+                the_plan, to_stderr=json_out, detail=options["detail"], flags=rollout
+            ),
             confirm=lambda _plan: confirm_or_refuse(auto_approve),
             progress=progress_bar,
             say=info,
@@ -97,9 +103,14 @@ def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options
     raise SystemExit(apply_exit_code(applied.report, stale))
 
 
-def show_plan(the_plan: Plan, to_stderr: bool) -> None:
+def show_plan(
+    the_plan: Plan, to_stderr: bool, detail: str = "summary", flags: RolloutSpec = NO_FLAGS
+) -> None:
     color = settings().color and not to_stderr
-    for line in render.plan_text(the_plan, color=color, prune=the_plan.prune):
+    lines = render.plan_text(
+        the_plan, color=color, prune=the_plan.prune, grouped=detail != "full", rollout=flags
+    )
+    for line in lines:
         click.echo(line, err=to_stderr)
 
 

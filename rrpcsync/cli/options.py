@@ -218,6 +218,14 @@ refresh_options = _stack(
     resync_after_option,
 )
 
+detail_option = click.option(
+    "--detail",
+    type=click.Choice(["summary", "full"]),
+    default="summary",
+    show_default=True,
+    help="summary: identical changes grouped (the first few devices named); full: every device.",
+)
+
 plan_output_options = _stack(
     click.option(
         "--out",
@@ -231,4 +239,5 @@ plan_output_options = _stack(
         type=click.Path(dir_okay=False),
         help="Also write the markdown (PR comment) form to this file.",
     ),
+    detail_option,
 )

@@ -15,13 +15,18 @@ from rrpcsync.state import utc_now
 
 
 def write_plan_outputs(
-    plan: Plan, output_format: str, out_path: str | None, md_path: str | None
+    plan: Plan,
+    output_format: str,
+    out_path: str | None,
+    md_path: str | None,
+    detail: str = "summary",
 ) -> None:
+    grouped = detail != "full"
     doc = plan_document(plan, created_at=utc_now())
     if out_path:
         write_text_file(Path(out_path), json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
         info(f"saved plan to {out_path}; apply it with `rrpcsync apply {out_path}`")
-    markdown = render.plan_markdown(plan)
+    markdown = render.plan_markdown(plan, grouped=grouped)
     if md_path:
         write_text_file(Path(md_path), markdown)
     append_step_summary(markdown)
@@ -31,7 +36,9 @@ def write_plan_outputs(
     elif output_format == "markdown":
         out(markdown.rstrip("\n"))
     else:
-        for line in render.plan_text(plan, color=settings().color, prune=plan.prune):
+        for line in render.plan_text(
+            plan, color=settings().color, prune=plan.prune, grouped=grouped
+        ):
             out(line)
 
 

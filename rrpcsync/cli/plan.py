@@ -63,6 +63,7 @@ def plan(
     output_format: str,
     out_path: str | None,
     md_path: str | None,
+    detail: str,
     detailed_exitcode: bool,
     targets: tuple[str, ...],
     excludes: tuple[str, ...],
@@ -77,7 +78,7 @@ def plan(
     """
     selection = selection_from(targets, excludes, selectors)
     the_plan = plan_and_show(paths, state_path, selection, prune, options)
-    write_plan_outputs(the_plan, output_format, out_path, md_path)
+    write_plan_outputs(the_plan, output_format, out_path, md_path, detail)
     if detailed_exitcode and the_plan.actionable:
         raise SystemExit(ExitCode.CHANGES)
 
@@ -101,6 +102,7 @@ def drift(
     output_format: str,
     out_path: str | None,
     md_path: str | None,
+    detail: str,
     targets: tuple[str, ...],
     excludes: tuple[str, ...],
     selectors: tuple[str, ...],
@@ -113,7 +115,7 @@ def drift(
     """
     selection = selection_from(targets, excludes, selectors)
     the_plan = plan_and_show(paths, state_path, selection, False, {**options, "refresh": True})
-    write_plan_outputs(the_plan, output_format, out_path, md_path)
+    write_plan_outputs(the_plan, output_format, out_path, md_path, detail)
     if the_plan.actionable:
         raise SystemExit(ExitCode.CHANGES)
 

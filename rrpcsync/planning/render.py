@@ -5,17 +5,28 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rrpcsync.errors import Diagnostic
 from rrpcsync.manifests.expect import describe as describe_expectation
-from rrpcsync.model import Action, Change, Plan, Summary
+from rrpcsync.model import Action, Change, Plan, RolloutSpec, Summary
+from rrpcsync.planning.schedule import Step, by_level, level_steps
 
 MARKDOWN_LIMIT = 60_000  # GitHub comments hold 65,536 characters; leave room for wrappers
 MARKDOWN_MARKER = "<!-- rrpcsync-plan -->"
 SECTION_LINES = 50  # changes listed per manifest in markdown before "… and N more"
 
-_ANSI = {"green": 32, "yellow": 33, "red": 31, "cyan": 36, "magenta": 35, "bold": 1, "dim": 2}
+_ANSI = {
+    "green": "32",
+    "yellow": "33",
+    "red": "31",
+    "cyan": "36",
+    "magenta": "35",
+    "bold": "1",
+    "dim": "2",
+    "new": "1;32",  # a changed value's new text: bold green, the brightest thing on the line
+}
 SYMBOLS = {
     Action.CREATE: ("+", "green"),
     Action.UPDATE: ("~", "yellow"),
@@ -24,6 +35,7 @@ SYMBOLS = {
     Action.DRIFT: ("!", "magenta"),
 }
 NO_MANIFEST = "(no longer declared)"
+NO_FLAGS = RolloutSpec()  # no rollout flags given: the manifests' own spec.rollout applies
 
 
 def paint(text: str, style: str, color: bool) -> str:
@@ -70,14 +82,31 @@ def _gh_prop(text: str) -> str:
 
 def payload_diff(before: str | None, after: str | None, limit: int = 20) -> list[str]:
     """Changed keys of two JSON payloads as `path: old → new` lines (whole values otherwise)."""
+    return [_diff_line(item, color=False) for item in diff_items(before, after, limit)]
+
+
+DiffItem = tuple[str, str, str]  # (path or "" for whole values / notes, old, new)
+
+
+def diff_items(before: str | None, after: str | None, limit: int = 20) -> list[DiffItem]:
+    """The changes of `payload_diff` as (path, old, new); a note has old == new == ""."""
     old, new = _as_json(before), _as_json(after)
     if isinstance(old, dict) and isinstance(new, dict):
-        lines = list(_dict_diff(old, new, ""))
+        items = list(_dict_diff(old, new, ""))
     else:
-        lines = [f"{_short(before)} → {_short(after)}"]
-    if len(lines) > limit:
-        lines = [*lines[:limit], f"… and {len(lines) - limit} more changed keys"]
-    return lines
+        items = [("", _short(before), _short(after))]
+    if len(items) > limit:
+        items = [*items[:limit], (f"… and {len(items) - limit} more changed keys", "", "")]
+    return items
+
+
+def _diff_line(item: DiffItem, *, color: bool) -> str:
+    path, old, new = item
+    if not old and not new:
+        return path
+    # the new value is the most visible text; the old one is struck in red
+    shown = f"{paint(old, 'red', color)} → {paint(new, 'new', color)}"
+    return f"{path}: {shown}" if path else shown
 
 
 def _as_json(text: str | None) -> Any:
@@ -89,17 +118,17 @@ def _as_json(text: str | None) -> Any:
         return text
 
 
-def _dict_diff(old: dict[str, Any], new: dict[str, Any], prefix: str) -> Iterator[str]:
+def _dict_diff(old: dict[str, Any], new: dict[str, Any], prefix: str) -> Iterator[DiffItem]:
     for key in sorted(old.keys() | new.keys()):
         path = f"{prefix}.{key}" if prefix else key
         if key not in new:
-            yield f"{path}: {_short_value(old[key])} → (removed)"
+            yield path, _short_value(old[key]), "(removed)"
         elif key not in old:
-            yield f"{path}: (absent) → {_short_value(new[key])}"
+            yield path, "(absent)", _short_value(new[key])
         elif isinstance(old[key], dict) and isinstance(new[key], dict):
             yield from _dict_diff(old[key], new[key], path)
         elif old[key] != new[key]:
-            yield f"{path}: {_short_value(old[key])} → {_short_value(new[key])}"
+            yield path, _short_value(old[key]), _short_value(new[key])
 
 
 def _short_value(value: Any) -> str:
@@ -112,7 +141,7 @@ def _short(text: str | None, width: int = 80) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-# --------------------------------------------------------------------------- plan: text
+# --------------------------------------------------------------------------- plan: summary
 
 
 def summary_sentence(summary: Summary, drift_checked: bool = False) -> str:
@@ -150,39 +179,171 @@ def drift_reason(change: Change) -> str:
     return "drifted: the device reports another config (reported → desired)"
 
 
+Detail = DiffItem | str  # a changed key, or a line of text (a new payload, the reply check)
+
+
 def change_details(change: Change) -> list[str]:
-    details = _payload_details(change)
+    return [_detail_line(item, color=False) for item in _details(change)]
+
+
+def _details(change: Change) -> tuple[Detail, ...]:
+    details: list[Detail] = list(_payload_details(change))
     if change.expect is not None and change.action.sends:
         details.append(f"expect: {describe_expectation(change.expect)}")
-    return details
+    return tuple(details)
 
 
-def _payload_details(change: Change) -> list[str]:
+def _payload_details(change: Change) -> list[Detail]:
     if change.action is Action.UPDATE:
-        return payload_diff(change.payload_before, change.shown_payload)
+        return list(diff_items(change.payload_before, change.shown_payload))
     if change.action is Action.CREATE:
         return [_short(change.shown_payload, 120)]
     if change.action is Action.DRIFT and change.reason != "stale":
-        return payload_diff(change.observed, change.shown_payload)
+        return list(diff_items(change.observed, change.shown_payload))
     return []
 
 
-def plan_text(plan: Plan, *, color: bool = False, prune: bool = False) -> Iterator[str]:
+def _detail_line(item: Detail, *, color: bool) -> str:
+    return item if isinstance(item, str) else _diff_line(item, color=color)
+
+
+# --------------------------------------------------------------------------- plan: groups
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeGroup:
+    """Changes of one manifest that are identical but for the device: same action, same diff."""
+
+    manifest: str
+    changes: tuple[Change, ...]
+    details: tuple[Detail, ...]
+
+    @property
+    def first(self) -> Change:
+        return self.changes[0]
+
+
+def _group_key(change: Change, details: tuple[Detail, ...]) -> tuple[object, ...]:
+    return (change.action, change.reason, change.last_error_code, details)
+
+
+def group_changes(manifest: str, changes: Sequence[Change], grouped: bool) -> list[ChangeGroup]:
+    """Identical changes together, in order of first appearance; one group per change when
+    not `grouped` (`--detail full`)."""
+    if not grouped:
+        return [ChangeGroup(manifest, (c,), _details(c)) for c in changes]
+    found: dict[tuple[object, ...], tuple[list[Change], tuple[Detail, ...]]] = {}
+    for change in changes:
+        details = _details(change)
+        found.setdefault(_group_key(change, details), ([], details))[0].append(change)
+    return [ChangeGroup(manifest, tuple(members), details) for members, details in found.values()]
+
+
+def group_lines(group: ChangeGroup, *, color: bool, indent: str, keys: int) -> Iterator[str]:
+    """A lone change as `+ KEY (file:line)` and its details; a group as one headline with the
+    shared details and the first `keys` device keys."""
+    change = group.first
+    symbol, style = SYMBOLS[change.action]
+    details = [_detail_line(item, color=color) for item in group.details]
+    if len(group.changes) == 1:
+        yield paint(change_headline(change), style, color)
+        yield from (indent + line for line in details)
+        return
+    head = paint(f"{symbol} {len(group.changes):,} devices in {group.manifest}", style, color)
+    note = _group_note(change)
+    if len(group.details) == 1 and not isinstance(group.details[0], str) and not note:
+        yield f"{head}: {details[0]}"
+        details = []
+    else:
+        yield head + paint(note, style, color)
+    yield from (indent + line for line in details)
+    yield from (indent + paint(line, "dim", color) for line in _member_lines(group, keys))
+
+
+def _group_note(change: Change) -> str:
+    if change.action is Action.RETRY:
+        return f"  last error: {change.last_error_code or 'unknown'}"
+    if change.action is Action.ORPHAN:
+        return "  no longer declared; forgotten with --prune, nothing is sent"
+    if change.action is Action.DRIFT:
+        return (
+            "  stale: last applied longer ago than --resync-after, re-sent"
+            if change.reason == ("stale")
+            else "  drifted: the devices report another config (reported → desired)"
+        )
+    return ""
+
+
+def _member_lines(group: ChangeGroup, keys: int) -> Iterator[str]:
+    for change in group.changes[:keys]:
+        yield f"{change.key}  ({change.source})" if change.source else change.key
+    if len(group.changes) > keys:
+        yield f"… and {len(group.changes) - keys:,} more"
+
+
+# --------------------------------------------------------------------------- plan: rollout
+
+
+def rollout_lines(plan: Plan, flags: RolloutSpec = NO_FLAGS, keys: int = 5) -> list[str]:
+    """The order of manifests (`dependsOn`), each level's canary devices and wave sizes."""
+    sending = [c for c in plan.changes if c.action.sends]
+    if not sending:
+        return []
+    levels = [(names, group) for names, group in by_level(sending, plan.policies) if group]
+    lines = []
+    if len(levels) > 1:
+        order = " → ".join(", ".join(names) for names, _ in levels)
+        lines.append(f"Order (dependsOn): {order}")
+    for names, group in levels:
+        where = f" of {', '.join(names)}" if len(levels) > 1 else ""
+        lines += _staging_lines(level_steps(group, plan.policies, flags), where, keys)
+    return lines
+
+
+def _staging_lines(steps: Sequence[Step], where: str, keys: int) -> list[str]:
+    lines = []
+    waves = [len(step.changes) for step in steps if not step.canary]
+    for step in steps:
+        if step.canary:
+            shown = ", ".join(c.key for c in step.changes[:keys])
+            more = len(step.changes) - keys
+            tail = f", … and {more:,} more" if more > 0 else ""
+            lines.append(f"Canary{where}: {len(step.changes):,} device(s): {shown}{tail}")
+    if len(waves) > 1 or lines:
+        sizes = ", ".join(f"{n:,}" for n in waves)
+        lines.append(f"Waves{where}: {len(waves)} wave(s) of {sizes} device(s)")
+    return lines
+
+
+# --------------------------------------------------------------------------- plan: text
+
+GROUP_KEYS = 5  # device keys listed under a group of identical changes
+
+
+def plan_text(
+    plan: Plan,
+    *,
+    color: bool = False,
+    prune: bool = False,
+    grouped: bool = True,
+    rollout: RolloutSpec = NO_FLAGS,
+) -> Iterator[str]:
+    """The plan for a terminal; identical changes grouped unless not `grouped` (`--detail
+    full`), then the summary and the rollout preview."""
     if not plan.summary.has_changes:
         yield f"No changes. {plan.summary.noop} device(s) already match the manifests."
         yield from drift_check_lines(plan)
         return
     for manifest, changes in by_manifest(plan.changes).items():
         yield paint(f"{manifest}:", "bold", color)
-        for change in changes:
-            _, style = SYMBOLS[change.action]
-            yield "  " + paint(change_headline(change), style, color)
-            for detail in change_details(change):
-                yield "      " + paint(detail, "dim", color)
+        for group in group_changes(manifest, changes, grouped):
+            lines = group_lines(group, color=color, indent="    ", keys=GROUP_KEYS)
+            yield from ("  " + line for line in lines)
     yield ""
     yield paint(summary_sentence(plan.summary, plan.refreshed), "bold", color)
     if plan.summary.orphan and not prune:
         yield "Orphaned devices are only reported; `apply --prune` forgets them from the state."
+    yield from rollout_lines(plan, rollout)
     yield from drift_check_lines(plan)
 
 
@@ -204,8 +365,16 @@ def drift_check_lines(plan: Plan) -> Iterator[str]:
 # --------------------------------------------------------------------------- plan: markdown
 
 
-def plan_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT, title: str = "rrpcsync plan") -> str:
-    """A pull-request comment: summary table, then one collapsible section per manifest."""
+def plan_markdown(
+    plan: Plan,
+    *,
+    limit: int = MARKDOWN_LIMIT,
+    title: str = "rrpcsync plan",
+    grouped: bool = True,
+    rollout: RolloutSpec = NO_FLAGS,
+) -> str:
+    """A pull-request comment: summary table, the rollout preview, then one collapsible
+    section per manifest with its identical changes grouped (unless not `grouped`)."""
     summary = plan.summary
     head = [
         MARKDOWN_MARKER,
@@ -218,11 +387,13 @@ def plan_markdown(plan: Plan, *, limit: int = MARKDOWN_LIMIT, title: str = "rrpc
         "",
     ]
     head += _markdown_drift(plan)
+    preview = rollout_lines(plan, rollout)
+    head += [*(f"- {_html(line)}" for line in preview), ""] if preview else []
     if not summary.has_changes:
         return "\n".join([*head, "No changes: every device matches the manifests.", ""])
     footer = "_Run `rrpcsync plan` locally (or see the job log) for the full plan._"
     budget = limit - len("\n".join(head)) - len(footer) - 200
-    sections, left_out = _markdown_sections(plan.changes, budget)
+    sections, left_out = _markdown_sections(plan.changes, budget, grouped)
     tail = (
         [f"**{left_out} change(s) not shown here to keep the comment short.**"] if left_out else []
     )
@@ -253,12 +424,14 @@ def _markdown_drift(plan: Plan) -> list[str]:
     return lines
 
 
-def _markdown_sections(changes: Sequence[Change], budget: int) -> tuple[list[str], int]:
+def _markdown_sections(
+    changes: Sequence[Change], budget: int, grouped: bool
+) -> tuple[list[str], int]:
     """Sections that fit in `budget` characters, and how many changes were left out."""
     lines: list[str] = []
     used, shown = 0, 0
     for manifest, group in by_manifest(changes).items():
-        section, listed = _markdown_section(manifest, group)
+        section, listed = _markdown_section(manifest, group, grouped)
         size = sum(len(line) + 1 for line in section)
         if used + size > budget:
             continue
@@ -268,21 +441,27 @@ def _markdown_sections(changes: Sequence[Change], budget: int) -> tuple[list[str
     return lines, len(changes) - shown
 
 
-def _markdown_section(manifest: str, group: Sequence[Change]) -> tuple[list[str], int]:
+def _markdown_section(
+    manifest: str, changes: Sequence[Change], grouped: bool
+) -> tuple[list[str], int]:
+    """One manifest: at most SECTION_LINES groups (every distinct diff of a few), their device
+    keys shortened; the number of changes shown."""
     counts: dict[str, int] = defaultdict(int)
-    for change in group:
+    for change in changes:
         counts[change.action.value] += 1
-    label = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()))
-    shown = group[:SECTION_LINES]
+    label = ", ".join(f"{n:,} {action}" for action, n in sorted(counts.items()))
+    groups = group_changes(manifest, changes, grouped)
+    shown = groups[:SECTION_LINES]
     body = ["```diff"]
-    for change in shown:
-        body.append(_md_escape_fence(change_headline(change)))
-        body.extend(_md_escape_fence(f"    {d}") for d in change_details(change)[:5])
-    if len(group) > len(shown):
-        body.append(f"… and {len(group) - len(shown)} more in this manifest")
+    for group in shown:
+        lines = group_lines(group, color=False, indent="    ", keys=GROUP_KEYS)
+        body.extend(_md_escape_fence(line) for line in lines)
+    listed = sum(len(group.changes) for group in shown)
+    if len(changes) > listed:
+        body.append(f"… and {len(changes) - listed:,} more in this manifest")
     body.append("```")
     summary = f"<details><summary><b>{_html(manifest)}</b>: {label}</summary>"
-    return [summary, "", *body, "</details>"], len(shown)
+    return [summary, "", *body, "</details>"], listed
 
 
 def _md_escape_fence(text: str) -> str:
