@@ -18,9 +18,9 @@ from rrpcsync.errors import FatalApiError, ManifestError, PlanFileError, UsageEr
 from rrpcsync.manifests import loader
 from rrpcsync.manifests.loader import LoadResult
 from rrpcsync.manifests.policy import declared_policies
-from rrpcsync.model import Action, DesiredDevice, Plan, RolloutSpec
+from rrpcsync.model import Action, DesiredDevice, DeviceRecord, Plan, RolloutSpec
 from rrpcsync.planning.planner import make_plan
-from rrpcsync.planning.selection import Selection
+from rrpcsync.planning.selection import RecordFilter, Selection, failed_keys
 from rrpcsync.state import RunRecord, State, StateStore, open_store, utc_now
 
 if TYPE_CHECKING:
@@ -115,6 +115,7 @@ def plan_manifests(
     progress: ProgressFactory | None = None,
     say: Say = _quiet,
     record_observations: bool = False,
+    only_failed: bool = False,
 ) -> Planned:
     """Diff the manifests against the store (the state loads while workers parse the manifests).
 
@@ -125,6 +126,8 @@ def plan_manifests(
     desired, state = loader.load_manifests_while(paths or DEFAULT_PATHS, store.load)
     if not desired.ok:
         raise ManifestError(desired.diagnostics, loader.summary_line(desired))
+    if only_failed:  # the state's failed devices, read under the same load
+        selection = selection.only(failed_keys(state.devices))
     plan = make_plan(
         desired.devices,
         state.devices,
@@ -298,6 +301,7 @@ def apply_manifests(
     confirm: Callable[[Plan], None] = lambda plan: None,
     progress: ProgressFactory | None = None,
     say: Say = _quiet,
+    only_failed: bool = False,
 ) -> Applied:
     """Plan (or load the one saved plan in `paths`), show, confirm, send, record, save.
 
@@ -324,6 +328,7 @@ def apply_manifests(
                 progress=progress,
                 say=say,
                 record_observations=True,
+                only_failed=only_failed,
             )
         show(planned.plan)
         the_plan, state = planned.plan, planned.state
@@ -399,17 +404,115 @@ def _ci_url(env: Mapping[str, str]) -> str | None:
     return ci_url(env)
 
 
-def remove_devices(store: StateStore, keys: Sequence[str], lock_timeout: float = 0.0) -> State:
-    """`state rm`: forget devices (nothing is sent); every key must be recorded."""
+def matching_keys(devices: Mapping[str, DeviceRecord], patterns: Sequence[str]) -> list[str]:
+    """The recorded keys matching any pattern (a key or a glob); UsageError naming the patterns
+    that match nothing."""
+    import fnmatch
+
+    found: dict[str, None] = {}
+    unmatched = []
+    for pattern in patterns:
+        if _is_glob(pattern):
+            hits = [key for key in devices if fnmatch.fnmatchcase(key, pattern)]
+        else:
+            hits = [pattern] if pattern in devices else []
+        if not hits:
+            unmatched.append(pattern)
+        found.update(dict.fromkeys(sorted(hits)))
+    if unmatched:
+        raise UsageError(f"no device in the state matches {', '.join(unmatched)}; nothing changed")
+    return list(found)
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(char in pattern for char in "*?[")
+
+
+def remove_devices(
+    store: StateStore,
+    patterns: Sequence[str],
+    lock_timeout: float = 0.0,
+    confirm: Callable[[Sequence[str]], None] = lambda keys: None,
+) -> list[str]:
+    """`state rm`: forget the devices matching the keys or globs (nothing is sent); every
+    pattern must match. `confirm` sees the keys first and raises to refuse."""
     with store.lock("state rm", timeout=lock_timeout):
         state = store.load()
-        missing = [key for key in keys if key not in state.devices]
-        if missing:
-            raise UsageError(f"not in {store.location}: {', '.join(missing)}; nothing was removed")
+        keys = matching_keys(state.devices, patterns)
+        confirm(keys)
         for key in keys:
             state.drop(key)
         store.save(state)
-    return state
+    return keys
+
+
+def renamed_keys(devices: Mapping[str, DeviceRecord], old: str, new: str) -> dict[str, str]:
+    """`state mv`: {old key: new key}. `PRODUCT/*` → `NEWPRODUCT/*` (one `*` each) renames
+    every match, keeping the part the `*` matched."""
+    if old.count("*") != new.count("*") or old.count("*") > 1 or "?" in old or "[" in old:
+        raise UsageError(
+            f"cannot rename {old} to {new}: give two keys, or two patterns with one `*` each "
+            "(P1/* NEWP/*)"
+        )
+    if "*" not in old:
+        if old not in devices:
+            raise UsageError(f"{old} is not in the state; nothing changed")
+        return {old: new}
+    head, _, tail = old.partition("*")
+    new_head, _, new_tail = new.partition("*")
+    moves = {
+        key: new_head + key[len(head) : len(key) - len(tail)] + new_tail
+        for key in sorted(devices)
+        if key.startswith(head) and key.endswith(tail) and len(key) >= len(head) + len(tail)
+    }
+    if not moves:
+        raise UsageError(f"no device in the state matches {old}; nothing changed")
+    return moves
+
+
+def move_devices(
+    store: StateStore, old: str, new: str, lock_timeout: float = 0.0
+) -> dict[str, str]:
+    """`state mv`: rename records (nothing is sent), so a renamed device plans as unchanged.
+    Refused, changing nothing, if a new key is already recorded or is not `PRODUCT/NAME`."""
+    with store.lock("state mv", timeout=lock_timeout):
+        state = store.load()
+        moves = renamed_keys(state.devices, old, new)
+        _check_targets(state, moves)
+        records = {key: state.devices[key] for key in moves}
+        for key in moves:
+            state.drop(key)
+        for key, target in moves.items():
+            state.put(target, records[key])
+        store.save(state)
+    return moves
+
+
+def _check_targets(state: State, moves: Mapping[str, str]) -> None:
+    taken = sorted(t for t in moves.values() if t in state.devices and t not in moves)
+    if taken:
+        raise UsageError(f"already in the state: {', '.join(taken[:5])}; nothing changed")
+    bad = [t for t in moves.values() if t.count("/") != 1 or t.startswith("/") or t.endswith("/")]
+    if bad:
+        raise UsageError(f"not a ProductId/DeviceName key: {bad[0]}; nothing changed")
+
+
+def list_records(
+    store: StateStore, record_filter: RecordFilter, paths: Sequence[str] = ()
+) -> tuple[State, list[tuple[str, DeviceRecord]]]:
+    """`state list`: the records that pass the filter, sorted; a label selector reads the
+    devices' labels from the manifests in `paths`."""
+    state = store.load()
+    by_labels = bool(record_filter.selection.selectors)
+    labels: dict[str, Mapping[str, str]] = {}
+    if by_labels:
+        labels = {device.key: device.labels for device in validate_manifests(paths).devices}
+    chosen = [
+        (key, record)
+        for key, record in sorted(state.devices.items())
+        if record_filter.matches(key, record, labels.get(key) if by_labels else {})
+    ]
+    return state, chosen
 
 
 # --------------------------------------------------------------------------- messages

@@ -38,9 +38,10 @@ def applied_fleet(
 def test_state_list_text_and_json(capsys: pytest.CaptureFixture[str], applied_fleet: Any) -> None:
     result = run(capsys, "state", "list")
     assert result.code == 0
-    lines = result.out_lines
-    assert lines[0].startswith("P1/d1  applied  20")
-    assert lines[1].startswith("P1/d2  failed  -  FailedOperation.DeviceOffline")
+    lines = [line.split() for line in result.out_lines]
+    assert lines[0] == ["DEVICE", "STATUS", "MANIFEST", "APPLIED", "AT", "LAST", "ERROR"]
+    assert lines[1][:3] == ["P1/d1", "applied", "m1"] and lines[1][3].startswith("20")
+    assert lines[2] == ["P1/d2", "failed", "m1", "-", "FailedOperation.DeviceOffline"]
     assert result.err_lines[-1] == "2 device(s): 1 applied, 1 failed (serial 1)"
     doc = json.loads(run(capsys, "state", "list", "--format", "json").out)
     assert doc["counts"] == {"applied": 1, "failed": 1}
@@ -50,7 +51,7 @@ def test_state_list_text_and_json(capsys: pytest.CaptureFixture[str], applied_fl
 def test_state_show_decodes_the_reply(
     capsys: pytest.CaptureFixture[str], applied_fleet: Any
 ) -> None:
-    result = run(capsys, "state", "show", "P1/d1")
+    result = run(capsys, "state", "show", "P1/d1", "--format", "json")
     record = json.loads(result.out)["P1/d1"]
     assert (record["status"], record["reply_text"], record["reply_base64"]) == (
         "applied",

@@ -25,6 +25,7 @@ from rrpcsync.cli.options import (
     detail_option,
     format_option,
     lock_timeout_option,
+    only_failed_option,
     paths_argument,
     prune_option,
     refresh_options,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
         "rrpcsync apply --prune --auto-approve --format json > report.json",
         "rrpcsync apply --canary 5 --waves 10%,50% --max-failure-rate 2 --auto-approve",
         "rrpcsync apply --refresh --auto-approve   # probe for drift and correct it",
+        "rrpcsync apply --only-failed --auto-approve   # retry only what failed last time",
     )
 )
 @paths_argument
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
 @detail_option
 @lock_timeout_option
 @selection_options
+@only_failed_option
 @prune_option
 @refresh_options
 def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options: Any) -> None:
@@ -90,6 +93,7 @@ def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options
             confirm=lambda _plan: confirm_or_refuse(auto_approve),
             progress=progress_bar,
             say=info,
+            only_failed=options["only_failed"],
         )
     except ManifestError as error:
         report_diagnostics(error, "text")

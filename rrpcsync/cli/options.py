@@ -68,6 +68,16 @@ selection_options = _stack(
     ),
 )
 
+yes_option = click.option(
+    "--yes", "-y", is_flag=True, help="Do not ask; needed without a terminal when several match."
+)
+
+only_failed_option = click.option(
+    "--only-failed",
+    is_flag=True,
+    help="Only the devices whose last attempt failed (status failed in the state).",
+)
+
 prune_option = click.option(
     "--prune", is_flag=True, help="Forget orphaned devices (no longer declared) from the state."
 )

@@ -19,6 +19,7 @@ from rrpcsync.cli.inputs import (
 from rrpcsync.cli.options import (
     client_options,
     format_option,
+    only_failed_option,
     paths_argument,
     plan_output_options,
     prune_option,
@@ -54,6 +55,7 @@ from rrpcsync.planning.selection import Selection
     help="Exit 0 when there are no changes, 2 when there are, 1 on errors.",
 )
 @selection_options
+@only_failed_option
 @prune_option
 @refresh_options
 @client_options
@@ -68,6 +70,7 @@ def plan(
     targets: tuple[str, ...],
     excludes: tuple[str, ...],
     selectors: tuple[str, ...],
+    only_failed: bool,
     prune: bool,
     **options: Any,
 ) -> None:
@@ -77,7 +80,9 @@ def plan(
     shown). Invalid manifests print the validate output, exit 1.
     """
     selection = selection_from(targets, excludes, selectors)
-    the_plan = plan_and_show(paths, state_path, selection, prune, options)
+    the_plan = plan_and_show(
+        paths, state_path, selection, prune, {**options, "only_failed": only_failed}
+    )
     write_plan_outputs(the_plan, output_format, out_path, md_path, detail)
     if detailed_exitcode and the_plan.actionable:
         raise SystemExit(ExitCode.CHANGES)
@@ -139,6 +144,7 @@ def plan_and_show(
             sending=sending_options(options),
             progress=progress_bar,
             say=info,
+            only_failed=options.get("only_failed", False),
         )
     except ManifestError as error:
         report_diagnostics(error, "text")

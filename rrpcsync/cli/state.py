@@ -1,81 +1,256 @@
-"""`rrpcsync state list|show|rm|unlock`: inspect and edit the state through its store."""
+"""`rrpcsync state list|show|rm|mv|unlock`: inspect and edit the state through its store."""
 
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
+from collections.abc import Sequence
 
 import click
 
 from rrpcsync import api
 from rrpcsync.cli.app import cli, examples, info, out
-from rrpcsync.cli.options import format_option, lock_timeout_option, state_option
+from rrpcsync.cli.options import (
+    format_option,
+    lock_timeout_option,
+    paths_argument,
+    selection_options,
+    state_option,
+    yes_option,
+)
 from rrpcsync.errors import UsageError
+from rrpcsync.model import DeviceRecord, Status
+from rrpcsync.planning.selection import RecordFilter, Selection
 from rrpcsync.state.jsonfile import record_to_dict
+
+SHOWN_KEYS = 5  # keys named when a command works on many
 
 
 @cli.group(
     epilog=examples(
-        "rrpcsync state list",
+        "rrpcsync state list --status failed",
         "rrpcsync state show ASBHKN/dev-001",
-        "rrpcsync state rm ASBHKN/dev-001   # the next apply re-sends it",
+        "rrpcsync state rm 'ASBHKN/dev-00*' --yes   # the next apply re-sends them",
+        "rrpcsync state mv 'OLDPROD/*' 'NEWPROD/*'  # a renamed product plans as unchanged",
         "rrpcsync state unlock",
     )
 )
 def state() -> None:
-    """Inspect and edit the state file."""
+    """Inspect and edit the state: list, show, forget, rename, adopt, unlock."""
 
 
 @state.command(
-    "list", epilog=examples("rrpcsync state list", "rrpcsync state list --format json | jq .")
+    "list",
+    epilog=examples(
+        "rrpcsync state list",
+        "rrpcsync state list --status failed --error-code 'FailedOperation.*'",
+        "rrpcsync state list --manifest 'thermostats-*' --target 'ASBHKN/*'",
+        "rrpcsync state list configs/ --selector site=shanghai",
+        "rrpcsync state list --format json | jq .",
+    ),
 )
+@paths_argument
 @state_option
 @format_option("text", "json")
-def state_list(state_path: str, output_format: str) -> None:
-    """List recorded devices with their status, and counts per status."""
-    loaded = api.open_store(state_path).load()
-    counts = Counter(record.status.value for record in loaded.devices.values())
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([status.value for status in Status]),
+    help="Only devices with this status (repeatable).",
+)
+@click.option(
+    "--manifest",
+    "manifests",
+    multiple=True,
+    metavar="GLOB",
+    help="Only devices last sent by a manifest whose name matches (repeatable).",
+)
+@click.option(
+    "--error-code",
+    "error_codes",
+    multiple=True,
+    metavar="GLOB",
+    help="Only devices whose last error code matches, e.g. 'FailedOperation.*' (repeatable).",
+)
+@selection_options
+def state_list(
+    paths: tuple[str, ...],
+    state_path: str,
+    output_format: str,
+    statuses: tuple[str, ...],
+    manifests: tuple[str, ...],
+    error_codes: tuple[str, ...],
+    targets: tuple[str, ...],
+    excludes: tuple[str, ...],
+    selectors: tuple[str, ...],
+) -> None:
+    """List recorded devices with their status, and counts per status.
+
+    The filters combine (all must hold). --selector reads the devices' labels from the
+    manifests in PATHS (default configs/).
+    """
+    selection = Selection.from_options(targets, excludes, selectors)
+    record_filter = RecordFilter(frozenset(statuses), manifests, error_codes, selection)
+    loaded, chosen = api.list_records(api.open_store(state_path), record_filter, paths)
+    counts = Counter(record.status.value for _, record in chosen)
     if output_format == "json":
-        devices = {
-            key: {
-                "status": rec.status.value,
-                "manifest": rec.manifest,
-                "payload_sha256": rec.payload_sha256,
-                "applied_at": rec.applied_at,
-                "last_error": rec.last_error.code if rec.last_error else None,
-            }
-            for key, rec in sorted(loaded.devices.items())
-        }
+        devices = {key: _list_entry(rec) for key, rec in chosen}
         doc = {"lineage": loaded.lineage, "serial": loaded.serial, "counts": dict(counts)}
         out(json.dumps({**doc, "devices": devices}, indent=2, ensure_ascii=False))
         return
-    for key, rec in sorted(loaded.devices.items()):
-        error = f"  {rec.last_error.code}" if rec.last_error else ""
-        out(f"{key}  {rec.status.value}  {rec.applied_at or '-'}{error}")
+    for line in table(["DEVICE", "STATUS", "MANIFEST", "APPLIED AT", "LAST ERROR"], chosen):
+        out(line)
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no devices"
-    info(f"{len(loaded.devices)} device(s): {parts} (serial {loaded.serial})")
+    of = f" of {len(loaded.devices)}" if len(chosen) != len(loaded.devices) else ""
+    info(f"{len(chosen)}{of} device(s): {parts} (serial {loaded.serial})")
 
 
-@state.command("show", epilog=examples("rrpcsync state show ASBHKN/dev-001"))
+def _list_entry(rec: DeviceRecord) -> dict[str, object]:
+    return {
+        "status": rec.status.value,
+        "manifest": rec.manifest,
+        "payload_sha256": rec.payload_sha256,
+        "applied_at": rec.applied_at,
+        "last_error": rec.last_error.code if rec.last_error else None,
+    }
+
+
+def table(header: Sequence[str], rows: Sequence[tuple[str, DeviceRecord]]) -> list[str]:
+    """Aligned columns under a header; `-` for an empty cell."""
+    cells = [list(header)] + [
+        [
+            key,
+            rec.status.value,
+            rec.manifest or "-",
+            rec.applied_at or "-",
+            rec.last_error.code if rec.last_error else "-",
+        ]
+        for key, rec in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+
+
+@state.command(
+    "show",
+    epilog=examples(
+        "rrpcsync state show ASBHKN/dev-001", "rrpcsync state show ASBHKN/dev-001 --format json"
+    ),
+)
 @click.argument("key")
 @state_option
-def state_show(key: str, state_path: str) -> None:
-    """Show one device's record, its reply decoded."""
+@format_option("text", "json")
+def state_show(key: str, state_path: str, output_format: str) -> None:
+    """Show one device's record; the reply as text (indented when it is JSON)."""
     loaded = api.open_store(state_path).load()
     record = loaded.devices.get(key)
     if record is None:
         raise UsageError(f"{key} is not in {state_path}")
-    out(json.dumps({key: record_to_dict(record)}, indent=2, ensure_ascii=False, sort_keys=True))
+    if output_format == "json":
+        doc = {key: record_to_dict(record)}
+        out(json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=True))
+        return
+    for line in record_lines(key, record):
+        out(line)
 
 
-@state.command("rm", epilog=examples("rrpcsync state rm ASBHKN/dev-001 ASBHKN/dev-002"))
+def record_lines(key: str, rec: DeviceRecord) -> list[str]:
+    error = rec.last_error
+    fields = [
+        ("status", rec.status.value),
+        ("manifest", rec.manifest),
+        ("applied at", rec.applied_at),
+        ("attempts", str(rec.attempts)),
+        ("request id", rec.request_id),
+        ("message id", None if rec.message_id is None else str(rec.message_id)),
+        ("payload sha256", rec.payload_sha256),
+        ("last error", f"{error.code}: {error.message} ({error.at})" if error else None),
+        ("observed at", rec.observed_at),
+    ]
+    lines = [key, *(f"  {name + ':':<16}{value}" for name, value in fields if value is not None)]
+    for title, text in (("payload", rec.payload), ("observed", rec.observed)):
+        if text is not None:
+            lines += [f"  {title}:", *indented(readable(text))]
+    if rec.reply_text is not None:
+        lines += ["  reply:", *indented(readable(rec.reply_text))]
+    elif rec.reply_base64 is not None:
+        lines.append(f"  reply (base64, not UTF-8): {rec.reply_base64}")
+    return lines
+
+
+def readable(text: str) -> str:
+    """JSON indented; other text as it is, control characters shown as escapes."""
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
+def indented(text: str) -> list[str]:
+    return [f"    {line}" for line in text.splitlines() or [""]]
+
+
+@state.command(
+    "rm",
+    epilog=examples(
+        "rrpcsync state rm ASBHKN/dev-001 ASBHKN/dev-002",
+        "rrpcsync state rm 'ASBHKN/*' --yes",
+    ),
+)
 @click.argument("keys", nargs=-1, required=True)
 @state_option
 @lock_timeout_option
-def state_rm(keys: tuple[str, ...], state_path: str, lock_timeout: float) -> None:
-    """Forget devices: nothing is sent; the next apply treats them as new."""
-    api.remove_devices(api.open_store(state_path), keys, lock_timeout)
-    info(f"removed {len(keys)} device(s) from {state_path}")
+@yes_option
+def state_rm(keys: tuple[str, ...], state_path: str, lock_timeout: float, yes: bool) -> None:
+    """Forget devices (keys or globs): nothing is sent; the next apply treats them as new.
+
+    Every KEY must match; more than one device needs --yes without a terminal.
+    """
+    store = api.open_store(state_path)
+    removed = api.remove_devices(store, keys, lock_timeout, confirm=lambda ks: _confirm(ks, yes))
+    info(f"removed {len(removed)} device(s) from {state_path}")
+
+
+def _confirm(keys: Sequence[str], yes: bool) -> None:
+    shown = ", ".join(keys[:SHOWN_KEYS]) + (
+        f", … and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
+    )
+    info(f"{len(keys)} device(s) match: {shown}")
+    if len(keys) <= 1 or yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"{len(keys)} devices match; pass --yes to forget them without a terminal; "
+            "nothing changed"
+        )
+    if not click.confirm(f"Forget {len(keys)} devices from the state?", default=False, err=True):
+        raise UsageError("cancelled; nothing changed")
+
+
+@state.command(
+    "mv",
+    epilog=examples(
+        "rrpcsync state mv ASBHKN/dev-001 ASBHKN/lobby-001",
+        "rrpcsync state mv 'OLDPROD/*' 'NEWPROD/*'",
+    ),
+)
+@click.argument("old")
+@click.argument("new")
+@state_option
+@lock_timeout_option
+def state_mv(old: str, new: str, state_path: str, lock_timeout: float) -> None:
+    """Rename a device's record (or PRODUCT/* to NEWPRODUCT/*) without sending anything.
+
+    A device renamed in the manifests then plans as unchanged instead of create + orphan.
+    """
+    moves = api.move_devices(api.open_store(state_path), old, new, lock_timeout)
+    first = next(iter(moves.items()))
+    more = f" and {len(moves) - 1} more" if len(moves) > 1 else ""
+    info(f"renamed {first[0]} → {first[1]}{more} in {state_path}; nothing was sent")
 
 
 @state.command("unlock", epilog=examples("rrpcsync state unlock", "rrpcsync state unlock --force"))
