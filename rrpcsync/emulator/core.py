@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .fleet import Behaviour, Faults, Fleet
+from .login import LoginDesk
 from .protocol import (
     DEVICE_NOT_EXIST,
     DEVICE_OFFLINE,
@@ -30,6 +31,7 @@ from .protocol import (
     check_action,
     check_token,
     error_body,
+    login_body,
     new_request_id,
     parse_request,
     required_strings,
@@ -147,6 +149,7 @@ class EmulatorCore:
         self.fault_counts: Counter[str] = Counter()
         self._rng = random.Random(fleet.faults.seed)
         self._burst_left = 0  # requests still to refuse in the current rate-limit burst
+        self.login_desk = LoginDesk()
 
     @property
     def fleet(self) -> Fleet:
@@ -205,7 +208,9 @@ class EmulatorCore:
             call.request_id = request_id
         fleet = self._fleet
         check_action(request)
-        check_token(request, fleet.token, fleet.token_expired)
+        issued = check_token(request, fleet.token, fleet.token_expired)
+        if issued is not None:
+            self.login_desk.check(issued)
         product, name, payload = required_strings(request)
         key = call.device = f"{product}/{name}"
         behaviour = fleet.lookup(key, product, name)
@@ -303,6 +308,20 @@ class EmulatorCore:
         reply_base64 = base64.b64encode(reply.encode("utf-8")).decode("ascii")
         return success_body(self._wrapped, message_id, reply_base64, request_id)
 
+    # ----------------------------------------------------------------------- the app API
+
+    def respond_login(self, body: bytes) -> Answer:
+        """Answer one app API (`…/appapi`) body: AppGetToken. Never raises."""
+        request_id = new_request_id()
+        try:
+            request = parse_request(body)
+            if isinstance(request.get("RequestId"), str):
+                request_id = request["RequestId"]
+            data = self.login_desk.answer(request, self._fleet.login)
+        except ApiError as error:
+            return Answer(error_body(self._wrapped, error, request_id))
+        return Answer(login_body(self._wrapped, data, request_id))
+
     # ----------------------------------------------------------------------- control
 
     def set_memory(self, key: str, payload: str | None) -> None:
@@ -324,6 +343,7 @@ class EmulatorCore:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "faults": dict(sorted(self.fault_counts.items())),
+            "login": self.login_desk.stats(),
         }
         if include_log:
             snapshot["log"] = [
@@ -347,6 +367,7 @@ class EmulatorCore:
         self._log = deque(maxlen=self._fleet.log_limit)
         self._limiter = _limiter_for(self._fleet)
         self._restart_faults()
+        self.login_desk.reset_counters()
         for key, device in list(self._devices.items()):
             device.clear_counters()
             if memory:

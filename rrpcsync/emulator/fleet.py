@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from .login import LoginSettings, LoginSettingsError, parse_login_settings
+
 DEFAULT_TOKEN = "emulator-token"
 DEFAULT_REPLY: dict[str, Any] = {"code": 0}
 DEFAULT_LOG_LIMIT = 1_000_000  # request log entries kept (~300 bytes each); null: all
@@ -54,6 +56,7 @@ FLEET_KEYS = (
     "log_limit",
     "faults",
     "probe_method",
+    "login",
 )
 PRODUCT_KEYS = ("count", "prefix", "width")
 # Injected faults, drawn per request in this order from one uniform number: their sum is <= 1.
@@ -169,7 +172,7 @@ NO_FAULTS = Faults()
 class Fleet:
     """Fleet-wide settings plus the raw settings of listed devices (kept for `updated`)."""
 
-    token: str = DEFAULT_TOKEN
+    token: str | None = DEFAULT_TOKEN  # a fixed token (null: only tokens from AppGetToken)
     token_expired: bool = False
     shape: str = "response"
     rate_limit: float | None = None
@@ -181,6 +184,7 @@ class Fleet:
     products: Mapping[str, ProductRange] = field(default_factory=dict)
     faults: Faults = NO_FAULTS
     probe_method: str | None = DEFAULT_PROBE_METHOD
+    login: LoginSettings | None = None  # AppGetToken's app, users and token lifetime
     source: str = field(default="<fleet>", compare=False)
     default_behaviour: Behaviour = field(init=False, repr=False, compare=False)
     behaviours: Mapping[str, Behaviour] = field(init=False, repr=False, compare=False)
@@ -225,6 +229,7 @@ class Fleet:
             "products": {key: product.to_dict() for key, product in self.products.items()},
             "faults": self.faults.to_dict(),
             "probe_method": self.probe_method,
+            "login": None if self.login is None else self.login.to_dict(),
         }
 
     def updated(self, partial: Any) -> Fleet:
@@ -306,7 +311,7 @@ def _parse_fleet(data: Any, source: str) -> Fleet:
     rate_limit = data.get("rate_limit")
     log_limit = data.get("log_limit", DEFAULT_LOG_LIMIT)
     return Fleet(
-        token=check.string(data.get("token", DEFAULT_TOKEN), "token"),
+        token=_parse_token(data.get("token", DEFAULT_TOKEN), check),
         token_expired=check.boolean(data.get("token_expired", False), "token_expired"),
         shape=check.choice(data.get("shape", "response"), SHAPES, "shape"),
         rate_limit=None if rate_limit is None else check.positive(rate_limit, "rate_limit"),
@@ -318,8 +323,20 @@ def _parse_fleet(data: Any, source: str) -> Fleet:
         products=_parse_products(data.get("products"), source),
         faults=_parse_faults(data.get("faults"), source),
         probe_method=_parse_probe_method(data.get("probe_method", DEFAULT_PROBE_METHOD), check),
+        login=_parse_login(data.get("login"), source),
         source=source,
     )
+
+
+def _parse_token(value: Any, check: _Checker) -> str | None:
+    return None if value is None else check.string(value, "token")
+
+
+def _parse_login(value: Any, source: str) -> LoginSettings | None:
+    try:
+        return parse_login_settings(value)
+    except LoginSettingsError as exc:
+        raise FleetError(f"{source}: {exc}") from None
 
 
 def _parse_probe_method(value: Any, check: _Checker) -> str | None:

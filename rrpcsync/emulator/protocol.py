@@ -53,14 +53,17 @@ def check_action(request: dict[str, Any]) -> None:
         raise ApiError(ACTION_NOT_FOUND, f"the action {action!r} is not found; use {ACTION}")
 
 
-def check_token(request: dict[str, Any], token: str, expired: bool) -> None:
+def check_token(request: dict[str, Any], token: str | None, expired: bool) -> str | None:
+    """None when the request carries the fleet's fixed `token` (and it has not expired);
+    otherwise the token given, for the login desk to check."""
     given = request.get("AccessToken")
     if not isinstance(given, str) or not given:
         raise ApiError(INVALID_TOKEN, "AccessToken is missing")
     if given != token:
-        raise ApiError(INVALID_TOKEN, "the access token is invalid")
+        return given
     if expired:
         raise ApiError(INVALID_TOKEN, "token expired")
+    return None
 
 
 def required_strings(request: dict[str, Any]) -> tuple[str, str, str]:
@@ -105,4 +108,13 @@ def error_body(wrapped: bool, error: ApiError, request_id: str) -> bytes:
         document: dict[str, Any] = {"code": 1, "msg": error.message, "data": fields}
     else:
         document = {"Response": fields}
+    return _encode(document).encode("utf-8")
+
+
+def login_body(wrapped: bool, data: dict[str, Any], request_id: str) -> bytes:
+    """A successful AppGetToken: `{"Response": {"Data": {"Token", "ExpireAt"}, "RequestId"}}`."""
+    fields = {"Data": data, "RequestId": request_id}
+    document: dict[str, Any] = (
+        {"code": 0, "msg": "", "data": fields} if wrapped else {"Response": fields}
+    )
     return _encode(document).encode("utf-8")

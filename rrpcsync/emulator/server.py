@@ -32,7 +32,10 @@ T = TypeVar("T")
 BACKLOG = 2048  # benchmarks open many connections at once
 SHUTDOWN_TIMEOUT = 0.5  # seconds given to in-flight requests when stopping
 CLIENT_MAX_SIZE = 8 * 1024 * 1024  # big enough to answer PayloadOverLimit instead of HTTP 413
-CONTROL_TIMEOUT = 30.0  # seconds to wait for the server thread to run a control call
+CONTROL_TIMEOUT = 30.0
+LOGIN_PATH = (
+    "/api/exploreropen/appapi"  # seconds to wait for the server thread to run a control call
+)
 
 
 # --------------------------------------------------------------------------- the aiohttp app
@@ -43,6 +46,9 @@ class _Handlers:
         self.core = core
 
     async def publish(self, request: web.Request) -> web.StreamResponse:
+        if is_app_api(request.path):
+            answer = self.core.respond_login(await request.read())
+            return web.Response(body=answer.body, content_type=answer.content_type)
         answer = await self.core.respond(await request.read())
         if answer.delay > 0:
             await asyncio.sleep(answer.delay)
@@ -87,10 +93,20 @@ class _Handlers:
         self.core.set_memory(key, payload)
         return web.json_response({"ok": True})
 
+    async def revoke(self, request: web.Request) -> web.Response:
+        """Every token issued by AppGetToken becomes invalid (as after a logout)."""
+        return web.json_response({"ok": True, "revoked": self.core.login_desk.revoke()})
+
     async def unknown(self, request: web.Request) -> web.Response:
-        routes = "GET stats, GET/POST config, POST reset, POST memory"
+        routes = "GET stats, GET/POST config, POST reset, POST memory, POST revoke"
         error = f"unknown control endpoint {request.method} {request.path} ({routes})"
         return web.json_response({"error": error}, status=404)
+
+
+def is_app_api(path: str) -> bool:
+    """The app API (before login: AppGetToken) is any path whose last segment is `appapi`,
+    such as /api/exploreropen/appapi; every other path is the token API."""
+    return path.rstrip("/").rsplit("/", 1)[-1] == "appapi"
 
 
 def _reset_connection(request: web.Request) -> web.StreamResponse:
@@ -150,6 +166,7 @@ def build_app(core: EmulatorCore) -> web.Application:
     app.router.add_post("/_emulator/config", handlers.configure)
     app.router.add_post("/_emulator/reset", handlers.reset)
     app.router.add_post("/_emulator/memory", handlers.memory)
+    app.router.add_post("/_emulator/revoke", handlers.revoke)
     app.router.add_route("*", "/_emulator/{tail:.*}", handlers.unknown)
     app.router.add_post("/{tail:.*}", handlers.publish)
     return app
@@ -363,6 +380,11 @@ class Emulator:
         return self._url
 
     @property
+    def login_url(self) -> str:
+        """The app API endpoint for AppGetToken, e.g. http://127.0.0.1:PORT/api/exploreropen/appapi."""
+        return self.url + LOGIN_PATH.lstrip("/")
+
+    @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1].rstrip("/"))
 
@@ -397,6 +419,14 @@ class Emulator:
         rrpcsync's back: a drift probe then reports it (POST /_emulator/memory)."""
         checked_key, text = memory_args(key, payload)
         self._on_loop(lambda: self._core.set_memory(checked_key, text))
+
+    def revoke_tokens(self) -> int:
+        """Make every token issued by AppGetToken invalid; returns how many there were."""
+        return self._on_loop(self._core.login_desk.revoke)
+
+    def issued_tokens(self) -> list[str]:
+        """The tokens AppGetToken issued (tests look for them where they must not be)."""
+        return self._on_loop(self._core.login_desk.issued_tokens)
 
     def _on_loop(self, call: Callable[[], T]) -> T:
         """Run `call` on the server's loop thread (or here, when the loop is not running)."""
