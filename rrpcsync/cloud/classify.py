@@ -11,12 +11,15 @@ class ErrorClass(str, enum.Enum):
     FATAL = "fatal"  # stop the run: every further request would fail the same way
     TRANSIENT = "transient"  # retry with backoff
     DEVICE = "device"  # record `failed` for this device and go on
+    # The token was refused and a new one is ready: the request never reached a device, so
+    # send it again; neither a device failure nor a retry. Only RrpcClient sets it.
+    RESEND = "resend"
 
 
 # Transport.CertificateError: TLS verification failed, which no retry fixes (and no request
 # was sent: the token never left).
 _FATAL_CODES = frozenset({"InvalidParameterValue.InvalidAccessToken", "Transport.CertificateError"})
-_FATAL_PREFIXES = ("UnauthorizedOperation",)
+_FATAL_PREFIXES = ("UnauthorizedOperation", "Login.")  # Login.*: no token can be had
 _TRANSIENT_PREFIXES = ("InternalError", "RequestLimitExceeded", "Transport.", "Protocol.")
 _DEVICE_CODES = frozenset(
     {

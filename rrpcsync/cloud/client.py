@@ -29,6 +29,7 @@ import httpx
 
 from rrpcsync import __version__
 from rrpcsync import secrets as secret_values
+from rrpcsync.cloud.classify import ErrorClass
 from rrpcsync.cloud.results import (
     MASK,
     ApiResult,
@@ -37,9 +38,11 @@ from rrpcsync.cloud.results import (
     parse_response,
     redact,
 )
+from rrpcsync.cloud.tokens import StaticToken, TokenError, TokenSource
 from rrpcsync.cloud.transport import AiohttpTransport, to_httpx_error
 
 ACTION = "AppPublishRRPCMessage"
+INVALID_TOKEN = "InvalidParameterValue.InvalidAccessToken"
 MAX_RESPONSE_BYTES = 1 << 20  # replies are MQTT messages (<= 64 KiB); more is not the API
 
 log = logging.getLogger("rrpcsync.client")
@@ -91,14 +94,17 @@ def _is_certificate_error(exc: BaseException) -> bool:
 class RrpcClient:
     """Publishes RRPC messages over one pooled HTTP client (use `async with`).
 
-    `transport` replaces the default `AiohttpTransport` (tests, other pools); it is closed
+    `token` is a fixed access token or a `TokenSource` (`cloud.login.AppLogin` logs in and
+    renews): each request asks it for the token to send, tells it when a token was refused,
+    and, when it has a new one, answers `ErrorClass.RESEND` (the request never reached a
+    device). `transport` replaces the default `AiohttpTransport` (tests, other pools); it is closed
     with the client.
     """
 
     def __init__(
         self,
         endpoint: str,
-        token: str,
+        token: str | TokenSource,
         *,
         timeout: float = 15.0,
         max_connections: int = 10,
@@ -106,9 +112,8 @@ class RrpcClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.endpoint = endpoint
-        self._token = token
-        sensitive = secret_values.known_values()  # `${env:…}` values in payloads
-        self._secrets = (token, json.dumps(token)[1:-1], *sensitive)
+        self._tokens: TokenSource = StaticToken(token) if isinstance(token, str) else token
+        self._sensitive = tuple(secret_values.known_values())  # `${env:…}` values in payloads
         if transport is None:
             transport = AiohttpTransport(max_connections=max_connections, total_timeout=timeout)
         self._http = httpx.AsyncClient(
@@ -136,10 +141,41 @@ class RrpcClient:
         """Send one RRPC message and wait for the device's reply. Never raises for network
         or API failures: they are results (see `parse_response`, `transport_error_code`)."""
         request_id = request_id or str(uuid.uuid4())
+        try:
+            token = await self._tokens.token()
+        except TokenError as error:
+            return self._no_token(error, request_id, product_id, device_name)
+        result = await self._send(token, product_id, device_name, payload, request_id)
+        if result.code != INVALID_TOKEN:
+            if _answered_by_the_api(result):
+                self._tokens.accepted(token)
+            return result
+        try:
+            renewed = await self._tokens.refused(token)
+        except TokenError as error:
+            return self._no_token(error, request_id, product_id, device_name)
+        return replace(result, error_class=ErrorClass.RESEND) if renewed else result
+
+    @property
+    def _secrets(self) -> tuple[str, ...]:
+        tokens = self._tokens.secrets()
+        return (*tokens, *(json.dumps(value)[1:-1] for value in tokens), *self._sensitive)
+
+    def _no_token(
+        self, error: TokenError, request_id: str, product_id: str, device_name: str
+    ) -> ApiResult:
+        message = clean_text(redact(str(error), self._secrets))
+        result = failure(request_id, error.result_code(), message)
+        self._log_result(product_id, device_name, result)
+        return result
+
+    async def _send(
+        self, token: str, product_id: str, device_name: str, payload: str, request_id: str
+    ) -> ApiResult:
         fields = {
             "Action": ACTION,
             "RequestId": request_id,
-            "AccessToken": self._token,
+            "AccessToken": token,
             "ProductId": product_id,
             "DeviceName": device_name,
             "Payload": payload,
@@ -190,6 +226,11 @@ class RrpcClient:
             result.elapsed,
             result.message or "",
         )
+
+
+def _answered_by_the_api(result: ApiResult) -> bool:
+    """The cloud read the request (so it took the token), rather than a network failure."""
+    return result.ok or not (result.code or "").startswith(("Transport.", "Protocol.", "HTTP."))
 
 
 async def _read_capped(chunks: AsyncIterator[bytes], limit: int) -> bytes:

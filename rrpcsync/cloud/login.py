@@ -39,20 +39,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
 from rrpcsync import __version__
-from rrpcsync.cloud.client import (
-    AiohttpTransport,
-    check_endpoint,
-    clean_text,
-    redact,
-    snippet,
-    transport_error_code,
-)
-from rrpcsync.errors import ConfigError, FatalApiError
+from rrpcsync.cloud.client import transport_error_code
+from rrpcsync.cloud.results import clean_text, redact, snippet
+from rrpcsync.cloud.settings import check_endpoint
+from rrpcsync.cloud.tokens import StaticToken, TokenError, TokenSource
+from rrpcsync.cloud.transport import AiohttpTransport
+from rrpcsync.errors import ConfigError
 
 log = logging.getLogger("rrpcsync.login")
 
@@ -397,12 +394,11 @@ class Check(str, enum.Enum):
     NETWORK = f"the network and the login endpoint ({LOGIN_ENDPOINT_ENV})"
 
 
-class LoginError(FatalApiError):
+class LoginError(TokenError):
     """Logging in failed, or the cloud refused a new token at once; the message names the
     credential to check and never contains a secret."""
 
     def __init__(self, code: str, message: str, check: Check) -> None:
-        self.code = code
         self.detail = message
         self.check = check
         text = (
@@ -410,7 +406,7 @@ class LoginError(FatalApiError):
             if message
             else (f"login failed ({code}); check {check.value}")
         )
-        super().__init__(text)
+        super().__init__(code, text)
 
 
 # Each (pattern in code or message, what to check); first match wins. The cloud reports a
@@ -537,51 +533,6 @@ def _session_of(data: Any, status: int, user: str, obtained_at: float) -> Sessio
 
 
 # --------------------------------------------------------------------------- token sources
-
-
-class TokenSource(Protocol):
-    """What the RRPC client asks for a token and tells about the answers."""
-
-    async def token(self) -> str:
-        """A token to send now; waits while a login runs. Raises LoginError."""
-        ...
-
-    def accepted(self, token: str) -> None:
-        """A request with `token` got an answer other than InvalidAccessToken."""
-        ...
-
-    async def refused(self, token: str) -> bool:
-        """A request with `token` answered InvalidAccessToken. True: a new token is ready and
-        the request may be sent again; False: this source cannot renew (the run is fatal).
-        Raises LoginError when the new login fails or the new token was refused at once."""
-        ...
-
-    def secrets(self) -> tuple[str, ...]:
-        """Values to redact from anything shown: tokens, password, AppSecret."""
-        ...
-
-
-class StaticToken:
-    """A token the user gave: never renewed, so a refusal is fatal."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-        self.logins = 0
-
-    def __repr__(self) -> str:
-        return "StaticToken(***)"
-
-    async def token(self) -> str:
-        return self._token
-
-    def accepted(self, token: str) -> None:
-        pass
-
-    async def refused(self, token: str) -> bool:
-        return False
-
-    def secrets(self) -> tuple[str, ...]:
-        return (self._token,)
 
 
 Post = Callable[[str, bytes], Awaitable[tuple[int, bytes]]]
