@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rrpcsync.errors import FatalApiError, ManifestError, PlanFileError, UsageError
+from rrpcsync.cloud.tokens import LOGIN_CODE_PREFIX
+from rrpcsync.errors import ConfigError, FatalApiError, ManifestError, PlanFileError, UsageError
 from rrpcsync.manifests import loader
 from rrpcsync.manifests.loader import LoadResult
 from rrpcsync.manifests.policy import declared_policies
@@ -25,6 +26,7 @@ from rrpcsync.state import RunRecord, State, StateStore, open_store, utc_now
 
 if TYPE_CHECKING:
     from rrpcsync.cloud.client import RrpcClient
+    from rrpcsync.cloud.tokens import TokenSource
     from rrpcsync.run.executor import ApplyOptions, ApplyReport, ProgressSink
 
 __all__ = [
@@ -32,11 +34,13 @@ __all__ = [
     "Applied",
     "Connection",
     "DriftCheck",
+    "LoggedIn",
     "Planned",
     "apply_manifests",
     "check_drift",
     "fatal_message",
     "load_saved_plan",
+    "log_in",
     "open_store",
     "plan_manifests",
     "validate_manifests",
@@ -56,11 +60,41 @@ def _quiet(_line: str) -> None:
 class Connection:
     """How to reach the cloud: endpoint, token source, per-request timeout."""
 
-    endpoint: str | None = None  # None: the official URL
-    access_token_file: str | None = None  # None: env RRPCSYNC_ACCESS_TOKEN
+    endpoint: str | None = None  # None: the site's RRPC endpoint
+    access_token_file: str | None = None  # a static token (docs/auth.md: precedence)
     allow_insecure_endpoint: bool = False
     timeout: float = 15.0
     env: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    credentials_file: str | None = None  # KEY=value lines: log in with AppGetToken
+    site: str | None = None  # china (None) or overseas: both endpoints
+    login_endpoint: str | None = None  # None: the site's, or the endpoint's sibling
+    tokens: TokenSource | None = None  # a source of your own; None: from the credentials
+    # The token source once resolved: probes and the apply that follows share one login.
+    resolved: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def token_source(self, say: Say) -> tuple[TokenSource, str]:
+        """The token source and the RRPC endpoint, resolved once (warnings go to `say`)."""
+        if "source" not in self.resolved:
+            self.resolved["source"] = self._resolve(say)
+        source, endpoint = self.resolved["source"]
+        return source, endpoint
+
+    def _resolve(self, say: Say) -> tuple[TokenSource, str]:
+        from rrpcsync.cloud import login
+
+        endpoints, warnings = login.resolve_endpoints(
+            self.site,
+            self.endpoint,
+            self.login_endpoint,
+            allow_insecure=self.allow_insecure_endpoint,
+        )
+        for warning in warnings:
+            say(f"warning: {warning}")
+        if self.tokens is not None:
+            return self.tokens, endpoints.rrpc
+        auth = login.resolve_auth(self.env, self.credentials_file, self.access_token_file)
+        login.describe(auth, endpoints, say)
+        return login.token_source(auth, endpoints.login, timeout=self.timeout), endpoints.rrpc
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,17 +227,13 @@ class _Sender:
 
     def publisher_factory(self) -> Callable[[], RrpcClient]:
         from rrpcsync.cloud.client import RrpcClient
-        from rrpcsync.cloud.settings import DEFAULT_ENDPOINT, check_endpoint, resolve_token
 
         conn = self.connection
-        token = resolve_token(conn.env, conn.access_token_file)
-        endpoint = conn.endpoint or DEFAULT_ENDPOINT
-        for warning in check_endpoint(endpoint, conn.allow_insecure_endpoint):
-            self.say(f"warning: {warning}")
+        tokens, endpoint = conn.token_source(self.say)
         parallelism = self.options().parallelism
 
         def make() -> RrpcClient:
-            return RrpcClient(endpoint, token, timeout=conn.timeout, max_connections=parallelism)
+            return RrpcClient(endpoint, tokens, timeout=conn.timeout, max_connections=parallelism)
 
         return make
 
@@ -246,7 +276,7 @@ def _probe(
         targets, sender.publisher_factory(), sender.options(), sender.sink()
     )
     if report.fatal is not None:
-        raise FatalApiError(fatal_message(report.fatal.code or "Unknown"))
+        raise FatalApiError(fatal_message(report.fatal.code or "Unknown", report.fatal.message))
     sender.say(drift.probe_summary(report))
     return report.observations
 
@@ -515,16 +545,53 @@ def list_records(
     return state, chosen
 
 
+# --------------------------------------------------------------------------- login
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedIn:
+    """Who `log_in` logged in, where, and until when (Unix seconds). Never the token."""
+
+    user: str
+    expire_at: float
+    login_endpoint: str
+
+
+def log_in(connection: Connection | None = None, say: Say = _quiet) -> LoggedIn:
+    """`rrpcsync login`: log in once with the connection's credentials (docs/auth.md).
+    Raises ConfigError for a static token (nothing to log in with) and LoginError."""
+    import asyncio
+
+    from rrpcsync.cloud.login import AppLogin, login_once
+
+    source, _endpoint = (connection or Connection()).token_source(say)
+    if not isinstance(source, AppLogin):
+        raise ConfigError(
+            "nothing to log in with: the credentials are a static access token; set "
+            "RRPCSYNC_APP_KEY, RRPCSYNC_APP_SECRET, RRPCSYNC_USER and RRPCSYNC_PASSWORD "
+            "(or pass --credentials-file)"
+        )
+    session = asyncio.run(login_once(source))
+    return LoggedIn(session.user, session.expire_at, source.endpoint)
+
+
 # --------------------------------------------------------------------------- messages
 
 
 FATAL_HINTS = {
-    "InvalidParameterValue.InvalidAccessToken": "log in again and set RRPCSYNC_ACCESS_TOKEN",
+    "InvalidParameterValue.InvalidAccessToken": (
+        "set a fresh RRPCSYNC_ACCESS_TOKEN, or let rrpcsync log in and renew it with "
+        "RRPCSYNC_APP_KEY, RRPCSYNC_APP_SECRET, RRPCSYNC_USER and RRPCSYNC_PASSWORD "
+        "(docs/auth.md)"
+    ),
 }
 
 
-def fatal_message(code: str) -> str:
-    """What to tell the user when the cloud refuses the run itself."""
+def fatal_message(code: str, message: str | None = None) -> str:
+    """What to tell the user when the cloud refuses the run itself (a failed login: its own
+    message, which names the credential to check)."""
+    if code.startswith(LOGIN_CODE_PREFIX) and message:
+        return message
     if code in FATAL_HINTS:
         return f"the access token was rejected ({code}); {FATAL_HINTS[code]}"
     if code == "Transport.CertificateError":

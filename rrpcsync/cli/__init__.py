@@ -6,11 +6,11 @@ from __future__ import annotations
 import sys
 from typing import NoReturn
 
-from rrpcsync.cli import apply, plan, state, tools, validate
+from rrpcsync.cli import apply, login, plan, state, tools, validate
 from rrpcsync.cli.app import cli
 from rrpcsync.cli.boundary import run_guarded
 
-__all__ = ["apply", "cli", "main", "plan", "run_guarded", "state", "tools", "validate"]
+__all__ = ["apply", "cli", "login", "main", "plan", "run_guarded", "state", "tools", "validate"]
 
 
 def main() -> NoReturn:

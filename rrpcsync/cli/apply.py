@@ -132,7 +132,8 @@ def confirm_or_refuse(auto_approve: bool) -> None:
 
 def apply_exit_code(report: ApplyReport, stale: Sequence[str]) -> ExitCode:
     if report.fatal is not None:
-        fail(api.fatal_message(report.fatal.code or "Unknown"), ExitCode.ERROR)
+        fatal = report.fatal
+        fail(api.fatal_message(fatal.code or "Unknown", fatal.message), ExitCode.ERROR)
     if report.interrupted:
         return ExitCode.INTERRUPTED
     if stale:

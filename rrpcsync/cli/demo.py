@@ -14,12 +14,31 @@ from typing import Any
 RunCli = Callable[[Sequence[str]], int]
 Say = Callable[[str], None]
 
-DEMO_TOKEN = "demo-token"  # the emulator's token; a real token is never needed offline
+# The emulator plays the login too: the demo logs in with these (offline, not secrets).
+DEMO_CREDENTIALS = {
+    "RRPCSYNC_APP_KEY": "demo-app-key",
+    "RRPCSYNC_APP_SECRET": "demo-app-secret",
+    "RRPCSYNC_USER": "demo@example.com",
+    "RRPCSYNC_PASSWORD": "demo-password",
+}
 DEMO_FLEET: dict[str, Any] = {
-    "token": DEMO_TOKEN,
+    "token": None,  # no fixed token: only the one the demo's login obtains
     "auto_devices": True,
     "default": {"reply": {"code": 0, "msg": "config applied"}, "latency": 0.05},
+    "login": {
+        "app_key": DEMO_CREDENTIALS["RRPCSYNC_APP_KEY"],
+        "app_secret": DEMO_CREDENTIALS["RRPCSYNC_APP_SECRET"],
+        "token_lifetime": 3600,
+        "users": [
+            {
+                "email": DEMO_CREDENTIALS["RRPCSYNC_USER"],
+                "password": DEMO_CREDENTIALS["RRPCSYNC_PASSWORD"],
+            }
+        ],
+    },
 }
+# Variables the demo sets (None: removes) while it runs, and restores afterwards.
+DEMO_UNSET = ("RRPCSYNC_ACCESS_TOKEN", "RRPCSYNC_SITE")
 EDITED_FILE = Path("shanghai") / "thermostats.yaml"
 
 
@@ -28,25 +47,34 @@ def example_configs() -> Path:
     packaged = Path(str(resources.files("rrpcsync"))) / "_examples" / "configs"
     if packaged.is_dir():
         return packaged
-    checkout = Path(__file__).resolve().parent.parent / "examples" / "configs"
+    checkout = Path(__file__).resolve().parents[2] / "examples" / "configs"
     if checkout.is_dir():
         return checkout
     raise FileNotFoundError("the example manifests are not installed with this rrpcsync")
 
 
 @contextmanager
-def demo_environment(endpoint: str) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in ("RRPCSYNC_ENDPOINT", "RRPCSYNC_ACCESS_TOKEN")}
-    os.environ["RRPCSYNC_ENDPOINT"] = endpoint
-    os.environ["RRPCSYNC_ACCESS_TOKEN"] = DEMO_TOKEN
+def demo_environment(endpoint: str, login_endpoint: str) -> Iterator[None]:
+    wanted: dict[str, str | None] = {
+        "RRPCSYNC_ENDPOINT": endpoint,
+        "RRPCSYNC_LOGIN_ENDPOINT": login_endpoint,
+        **DEMO_CREDENTIALS,
+        **dict.fromkeys(DEMO_UNSET),
+    }
+    saved = {key: os.environ.get(key) for key in wanted}
     try:
+        _set_environment(wanted)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(saved)
+
+
+def _set_environment(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def run_demo(run: RunCli, say: Say, keep: bool = False) -> int:
@@ -60,7 +88,7 @@ def run_demo(run: RunCli, say: Say, keep: bool = False) -> int:
         with Emulator(DEMO_FLEET, host="127.0.0.1", port=0) as emulator:
             say(f"# emulator listening on {emulator.url} (the cloud API, offline)")
             say(f"# working copy of examples/configs in {configs}")
-            with demo_environment(emulator.url):
+            with demo_environment(emulator.url, emulator.login_url):
                 return _steps(run, say, emulator, str(configs), state)
     finally:
         if keep:
@@ -75,6 +103,9 @@ def _requests(emulator: Any) -> int:
 
 def _steps(run: RunCli, say: Say, emulator: Any, configs: str, state: str) -> int:
     common = ["--state", state]
+    say("\n$ rrpcsync login      # AppGetToken with the app's keys and a user's password")
+    if (code := run(["login"])) != 0:
+        return code
     say("\n$ rrpcsync validate configs/")
     if (code := run(["validate", configs])) != 0:
         return code

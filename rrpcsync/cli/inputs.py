@@ -25,9 +25,12 @@ def selection_from(
 def connection_from(options: dict[str, Any]) -> api.Connection:
     return api.Connection(
         endpoint=options["endpoint"],
-        access_token_file=options["access_token_file"],
+        access_token_file=options.get("access_token_file"),
         allow_insecure_endpoint=options["allow_insecure_endpoint"],
         timeout=options["timeout"],
+        credentials_file=options["credentials_file"],
+        site=options["site"],
+        login_endpoint=options["login_endpoint"],
     )
 
 

@@ -94,23 +94,57 @@ def format_option(*choices: str, default: str = "text") -> Callable[[F], F]:
     )
 
 
-client_options = _stack(
+# How to log in and where (docs/auth.md): shared by every command that talks to the cloud.
+login_options = _stack(
     click.option(
-        "--access-token-file",
+        "--credentials-file",
         type=click.Path(dir_okay=False),
-        help="Read the access token from this file (else env RRPCSYNC_ACCESS_TOKEN).",
+        help="Log in with RRPCSYNC_APP_KEY, _APP_SECRET, _USER, _PASSWORD read from this "
+        "file (KEY=value lines); else from the environment.",
+    ),
+    click.option(
+        "--site",
+        envvar="RRPCSYNC_SITE",
+        type=click.Choice(["china", "overseas"]),
+        default=None,
+        help="Which cloud: both endpoints (env RRPCSYNC_SITE; default china).",
+    ),
+    click.option(
+        "--login-endpoint",
+        envvar="RRPCSYNC_LOGIN_ENDPOINT",
+        default=None,
+        help="AppGetToken endpoint (env RRPCSYNC_LOGIN_ENDPOINT; default the site's, or "
+        "the --endpoint's appapi sibling).",
     ),
     click.option(
         "--endpoint",
         envvar="RRPCSYNC_ENDPOINT",
         default=None,
-        help="API endpoint (env RRPCSYNC_ENDPOINT; default the official URL).",
+        help="RRPC API endpoint (env RRPCSYNC_ENDPOINT; default the site's official URL).",
     ),
     click.option(
         "--allow-insecure-endpoint",
         is_flag=True,
         help="Allow a non-https endpoint that is not a loopback address.",
     ),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=15.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Per-request timeout (the cloud waits 4-10 s for the device).",
+    ),
+)
+
+client_options = _stack(
+    click.option(
+        "--access-token-file",
+        type=click.Path(dir_okay=False),
+        help="Read a static access token from this file (else env RRPCSYNC_ACCESS_TOKEN; "
+        "docs/auth.md for the precedence).",
+    ),
+    login_options,
     click.option(
         "--parallelism",
         type=click.IntRange(1, 1000),
@@ -124,14 +158,6 @@ client_options = _stack(
         default=20.0,
         show_default=True,
         help="Requests per second at most (the cloud's default quota is 20).",
-    ),
-    click.option(
-        "--timeout",
-        type=click.FloatRange(min=0.1),
-        default=15.0,
-        show_default=True,
-        metavar="SECONDS",
-        help="Per-request timeout (the cloud waits 4-10 s for the device).",
     ),
     click.option(
         "--retries",

@@ -726,6 +726,21 @@ def token_source(auth: Auth, login_endpoint: str, *, timeout: float = LOGIN_TIME
     return AppLogin(auth.credentials, login_endpoint, timeout=timeout)
 
 
+def describe(auth: Auth, endpoints: Endpoints, say: Callable[[str], None]) -> None:
+    """Warnings (a credentials file others may read) to `say`; which source is used to the
+    log, shown with -v. Never a value."""
+    for note in auth.notes:
+        if note.startswith("warning: "):
+            say(note)
+        else:
+            log.info("credentials: %s", note)
+    if isinstance(auth, LoginAuth):
+        user = auth.credentials.user
+        log.info("credentials: %s (log in as %s at %s)", auth.source, user, endpoints.login)
+    else:
+        log.info("credentials: %s (a static access token)", auth.source)
+
+
 async def login_once(source: AppLogin) -> Session:
     """Log in now (for `rrpcsync login`); raises LoginError."""
     await source.token()

@@ -35,6 +35,7 @@ from rrpcsync.run.executor import (
     ProgressSink,
     Publisher,
     RateLimiter,
+    resend_class,
     should_retry,
     wait_before_retry,
 )
@@ -135,14 +136,21 @@ class Prober:
 
     async def _probe(self, device: DesiredDevice) -> Observation:
         assert device.probe is not None
-        attempts = 0
+        attempts = resends = 0
         while True:
             attempts += 1
             await self.limiter.acquire()
             self.report.requests += 1
-            result = await self.publisher.publish(
-                device.product_id, device.device_name, device.probe.payload, str(uuid.uuid4())
+            result = resend_class(
+                await self.publisher.publish(
+                    device.product_id, device.device_name, device.probe.payload, str(uuid.uuid4())
+                ),
+                resends,
             )
+            if result.error_class is ErrorClass.RESEND and not self.stopping:
+                attempts -= 1  # the token was refused and renewed: not an attempt
+                resends += 1
+                continue
             if not should_retry(result, attempts, self.options, self.stopping):
                 break
             await wait_before_retry(attempts, result, self.options, self.limiter)

@@ -203,6 +203,16 @@ def backoff_delay(attempt: int, result: ApiResult, options: ApplyOptions) -> flo
     return delay
 
 
+MAX_RESENDS = 3  # a request whose token was refused is sent again at most this often
+
+
+def resend_class(result: ApiResult, resends: int) -> ApiResult:
+    """A RESEND answer past `MAX_RESENDS` is fatal: fresh tokens keep being refused."""
+    if result.error_class is ErrorClass.RESEND and resends >= MAX_RESENDS:
+        return dataclasses.replace(result, error_class=ErrorClass.FATAL)
+    return result
+
+
 def should_retry(result: ApiResult, attempts: int, options: ApplyOptions, stopping: bool) -> bool:
     """Only transient errors are retried, up to `retries` times, and not once stopping."""
     if result.ok or result.error_class is not ErrorClass.TRANSIENT:
@@ -333,7 +343,7 @@ class Executor:
         key = change.key
         previous = self.state.devices.get(key)
         product_id, _, device_name = key.partition("/")
-        attempts = 0
+        attempts = resends = 0
         while True:
             attempts += 1
             request_id = str(uuid.uuid4())
@@ -342,16 +352,23 @@ class Executor:
                 attempts -= 1  # stopped while waiting for a slot: the last answer stands
                 break
             if self.stopping:
-                self.report.not_sent.append(key)  # stopped while waiting: never sent
+                self._never_sent(key, previous)  # stopped while waiting: never sent
                 return
             pending = pending_record(previous, change, request_id)
             self.commit.write_through(key, pending)
             self.results[key] = pending  # outcome unknown until the reply is journaled
             assert change.payload is not None
             self.report.requests += 1
-            result = await self.publisher.publish(
-                product_id, device_name, change.payload, request_id
+            result = resend_class(
+                await self.publisher.publish(product_id, device_name, change.payload, request_id),
+                resends,
             )
+            if result.error_class is ErrorClass.RESEND:
+                # The token was refused (the device never saw the request) and a new one is
+                # ready: send again; not an attempt (docs/auth.md).
+                attempts -= 1
+                resends += 1
+                continue
             if not should_retry(result, attempts, self.options, self.stopping):
                 break
             await wait_before_retry(attempts, result, self.options, self.limiter)
@@ -360,6 +377,13 @@ class Executor:
         if result.ok and change.expect is not None:
             result = checked_reply(change, result)
         self._record(change, previous, result, attempts)
+
+    def _never_sent(self, key: str, previous: DeviceRecord | None) -> None:
+        """Stopped before a request reached the device: its previous record stands."""
+        self.report.not_sent.append(key)
+        if key in self.results and previous is not None:  # a refused request left `pending`
+            self.commit.write_through(key, previous)
+            self.results[key] = previous
 
     def _record(
         self, change: Change, previous: DeviceRecord | None, result: ApiResult, attempts: int
