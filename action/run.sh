@@ -12,7 +12,9 @@
 #                                 rrpcsync is pip-installed from there
 #   RRPCSYNC_ACTION_SKIP_INSTALL  1: do not pip install (rrpcsync is already importable)
 #   RRPCSYNC_PYTHON               the Python to use (default python, else python3)
-#   RRPCSYNC_ACCESS_TOKEN         read by rrpcsync itself; this script never reads or prints it
+#   RRPCSYNC_APP_KEY, RRPCSYNC_APP_SECRET, RRPCSYNC_USER, RRPCSYNC_PASSWORD, or a static
+#   RRPCSYNC_ACCESS_TOKEN         read by rrpcsync itself; this script only checks that the key
+#                                 or the token is set, and never expands or prints a secret
 # Outputs (appended to $GITHUB_OUTPUT; printed on stdout when it is not set):
 #   exitcode            rrpcsync's exit code
 #   has-changes         plan/drift: true (exit 2) or false (exit 0); validate: false; apply: empty
@@ -84,9 +86,12 @@ case $command in
     ;;
   apply)
     cmd+=(apply)
-    if [[ -z ${RRPCSYNC_ACCESS_TOKEN:-} && " ${INPUT_ARGS:-} " != *--access-token-file* ]]; then
-      annotate warning "RRPCSYNC_ACCESS_TOKEN is empty: set it in the step's env from the \
-RRPCSYNC_ACCESS_TOKEN secret; without it only an apply with nothing to send succeeds"
+    if [[ -z ${RRPCSYNC_APP_KEY:-} && -z ${RRPCSYNC_ACCESS_TOKEN:-} &&
+      " ${INPUT_ARGS:-} " != *--access-token-file* &&
+      " ${INPUT_ARGS:-} " != *--credentials-file* ]]; then
+      annotate warning "no credentials: set RRPCSYNC_APP_KEY, RRPCSYNC_APP_SECRET, RRPCSYNC_USER \
+and RRPCSYNC_PASSWORD (or a static RRPCSYNC_ACCESS_TOKEN) in the step's env from secrets \
+(docs/auth.md); without them only an apply with nothing to send succeeds"
     fi
     ;;
   *)

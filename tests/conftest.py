@@ -49,5 +49,16 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may reach the real cloud: unless a test points elsewhere, the endpoint is a
     closed port on 127.0.0.1. CI variables of the machine running the tests are cleared."""
     monkeypatch.setenv("RRPCSYNC_ENDPOINT", "http://127.0.0.1:9/")
-    for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "RRPCSYNC_STATE", "NO_COLOR"):
+    for name in (
+        "GITHUB_ACTIONS",
+        "GITHUB_STEP_SUMMARY",
+        "RRPCSYNC_STATE",
+        "NO_COLOR",
+        "RRPCSYNC_APP_KEY",
+        "RRPCSYNC_APP_SECRET",
+        "RRPCSYNC_USER",
+        "RRPCSYNC_PASSWORD",
+        "RRPCSYNC_SITE",
+        "RRPCSYNC_LOGIN_ENDPOINT",
+    ):
         monkeypatch.delenv(name, raising=False)

@@ -251,6 +251,31 @@ def test_action_apply_then_drift_against_the_emulator(workdir: Path, emulator: A
     assert TOKEN not in (workdir / state).read_text(encoding="utf-8")
 
 
+def test_action_apply_logs_in_with_the_four_secrets(workdir: Path, emulator: Any) -> None:
+    secrets = {"app_key": "ak-1", "app_secret": "as-SECRET-2", "password": "pw-SECRET-3"}
+    users = [{"email": "ci@example.com", "password": secrets["password"]}]
+    login = {"app_key": "ak-1", "app_secret": secrets["app_secret"], "users": users}
+    emu = emulator({"auto_devices": True, "token": None, "login": login})
+    env = {
+        "RRPCSYNC_ENDPOINT": emu.url,
+        "RRPCSYNC_APP_KEY": "ak-1",
+        "RRPCSYNC_APP_SECRET": secrets["app_secret"],
+        "RRPCSYNC_USER": "ci@example.com",
+        "RRPCSYNC_PASSWORD": secrets["password"],
+    }
+    inputs = {"command": "apply", "paths": "configs", "state": "s.json", "args": "--auto-approve"}
+    step = Step(workdir, inputs, **env)
+    assert step.code == 0, step.proc.stderr
+    assert emu.stats(include_log=False)["login"]["logins"] == 1
+    assert "no credentials" not in step.proc.stdout
+    for secret in (secrets["app_secret"], secrets["password"], *emu.issued_tokens()):
+        assert secret not in step.everything_printed()
+    missing = Step(workdir, inputs, RRPCSYNC_ENDPOINT=emu.url)
+    assert "::warning title=rrpcsync action::no credentials: set RRPCSYNC_APP_KEY" in (
+        missing.proc.stdout
+    )
+
+
 def test_action_apply_with_failed_devices_fails_the_step(workdir: Path, emulator: Any) -> None:
     emu = emulator({"auto_devices": True, "token": TOKEN, "devices": {"P1/d2": {"offline": True}}})
     step = Step(
@@ -342,9 +367,11 @@ def test_action_script_style() -> None:
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "\nset -euo pipefail\n" in text
     assert "${{" not in text
-    # The token is only tested for emptiness, never expanded into a command or a message.
-    uses = re.findall(r"\$\{?RRPCSYNC_ACCESS_TOKEN[^\s\"]*", text)
-    assert uses == ["${RRPCSYNC_ACCESS_TOKEN:-}"]
+    # The token and the app key are only tested for emptiness, never expanded into a command
+    # or a message; the password and the AppSecret are never read at all.
+    uses = re.findall(r"\$\{?RRPCSYNC_(?:ACCESS_TOKEN|APP_KEY)[^\s\"]*", text)
+    assert uses == ["${RRPCSYNC_APP_KEY:-}", "${RRPCSYNC_ACCESS_TOKEN:-}"]
+    assert not re.search(r"\$\{?RRPCSYNC_(PASSWORD|APP_SECRET|USER)", text)
     assert RUN_SH.stat().st_mode & stat.S_IXUSR
 
 
@@ -530,6 +557,12 @@ def test_plan_workflow() -> None:
     assert "secrets." not in (EXAMPLES_GITHUB / "plan.yml").read_text(encoding="utf-8")
 
 
+LOGIN_SECRETS = {
+    name: f"${{{{ secrets.{name} }}}}"
+    for name in ("RRPCSYNC_APP_KEY", "RRPCSYNC_APP_SECRET", "RRPCSYNC_USER", "RRPCSYNC_PASSWORD")
+}
+
+
 def test_apply_workflow() -> None:
     workflow = load(EXAMPLES_GITHUB / "apply.yml")
     assert triggers(workflow)["push"]["branches"] == ["main"]
@@ -538,7 +571,7 @@ def test_apply_workflow() -> None:
     assert job["permissions"]["contents"] == "write"
     apply = action_step(workflow, "apply")
     assert "--auto-approve" in apply["with"]["args"].split()
-    assert apply["env"] == {"RRPCSYNC_ACCESS_TOKEN": "${{ secrets.RRPCSYNC_ACCESS_TOKEN }}"}
+    assert apply["env"] == LOGIN_SECRETS
     for name in ("Save the state to the state branch", "Keep the state as an artifact"):
         assert step_named(workflow, name)["if"].startswith("always()")
     assert "exitcode == '3'" in step_named(workflow, "List the devices that failed")["if"]
@@ -553,8 +586,10 @@ def test_drift_workflow() -> None:
     (job,) = workflow["jobs"].values()
     assert job["permissions"]["issues"] == "write"
     assert action_step(workflow, "drift")["id"] == "drift"
+    assert action_step(workflow, "drift")["env"] == LOGIN_SECRETS
     apply = action_step(workflow, "apply")
     assert "--auto-approve" in apply["with"]["args"].split()
+    assert apply["env"] == LOGIN_SECRETS
     issue = step_named(workflow, "Open, update or close the failure issue")
     assert "steps.apply.outputs.exitcode == '3'" in issue["if"]
 
