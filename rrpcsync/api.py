@@ -580,9 +580,7 @@ def log_in(connection: Connection | None = None, say: Say = _quiet) -> LoggedIn:
 
 FATAL_HINTS = {
     "InvalidParameterValue.InvalidAccessToken": (
-        "set a fresh RRPCSYNC_ACCESS_TOKEN, or let rrpcsync log in and renew it with "
-        "RRPCSYNC_APP_KEY, RRPCSYNC_APP_SECRET, RRPCSYNC_USER and RRPCSYNC_PASSWORD "
-        "(docs/auth.md)"
+        "set a fresh RRPCSYNC_ACCESS_TOKEN, or let rrpcsync log in itself (docs/auth.md)"
     ),
 }
 

@@ -200,7 +200,7 @@ def test_invalid_token_stops_the_run_and_marks_nothing_applied(
     assert result.code == 1
     assert result.err.strip().splitlines()[-1] == (
         "error: the access token was rejected (InvalidParameterValue.InvalidAccessToken); "
-        "log in again and set RRPCSYNC_ACCESS_TOKEN"
+        "set a fresh RRPCSYNC_ACCESS_TOKEN, or let rrpcsync log in itself (docs/auth.md)"
     )
     assert '"AccessToken": "***"' in result_v.err  # -v shows requests, token masked
     states = load_state(env / "rrpcsync.state.json").devices

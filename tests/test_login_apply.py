@@ -246,7 +246,7 @@ def test_a_static_token_that_expires_is_fatal_with_a_hint(
     monkeypatch.setenv("RRPCSYNC_ACCESS_TOKEN", "static-tok")
     result = run(capsys, "apply", "configs", "--auto-approve", "--endpoint", emu.url)
     assert result.code == 1
-    assert "let rrpcsync log in and renew it with RRPCSYNC_APP_KEY" in result.err_lines[-1]
+    assert result.err_lines[-1].endswith("or let rrpcsync log in itself (docs/auth.md)")
 
 
 # --------------------------------------------------------------------------- leaks
