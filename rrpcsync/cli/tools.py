@@ -27,14 +27,23 @@ def emulator(fleet: str | None, host: str, port: int) -> None:
     """Run the local stand-in for the cloud API (AppPublishRRPCMessage) until Ctrl-C.
 
     Without --fleet every device exists and answers {"code":0}; the token is emulator-token.
+    A fleet's `login:` section enables AppGetToken on paths ending in appapi (docs/auth.md).
     """
     from rrpcsync.emulator import EmulatorError, load_fleet, main_blocking
 
     try:
         loaded = load_fleet(fleet) if fleet else load_fleet({"auto_devices": True})
-        main_blocking(loaded, host, port, on_ready=lambda url: info(f"emulator listening on {url}"))
+        main_blocking(
+            loaded, host, port, on_ready=lambda url: _ready(url, loaded.login is not None)
+        )
     except EmulatorError as exc:  # bad fleet file, busy port, non-loopback host
         raise UsageError(str(exc)) from None
+
+
+def _ready(url: str, login: bool) -> None:
+    info(f"emulator listening on {url}")
+    if login:
+        info(f"AppGetToken (login) on {url}api/exploreropen/appapi")
 
 
 @cli.command(epilog=examples("rrpcsync demo", "rrpcsync demo --keep"))
