@@ -4,6 +4,7 @@ with tokens that expire mid-run, a re-login that fails, and no secret in any out
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 import urllib.parse
@@ -295,3 +296,39 @@ def test_a_verbose_run_that_logged_in_leaks_nothing(
         for form in encodings(secret):
             for blob in blobs:
                 assert form not in blob, (secret[:3], form)
+
+
+def test_drift_probes_renew_refused_tokens_too(workdir: Path, emulator: StartEmulator) -> None:
+    names = ", ".join(f"dev-{n:03d}" for n in range(1, DEVICES + 1))
+    probed = manifest_text(devices=f"[{names}]", payload="{method: set_config, params: {a: 1}}")
+    probe = "  probe: {payload: {method: get_config}, pointer: /config}\n"
+    write(workdir / "configs" / "m.yaml", probed + probe)
+    emu = emulator({**fleet(lifetime=1), "default": {"reply": {"code": 0}, "latency": 0.02}})
+    store = api.open_store("rrpcsync.state.json")
+    sending = ApplyOptions(parallelism=20, rate=100, retries=0)
+    first = api.apply_manifests(
+        ["configs"], store, connection=api.Connection(endpoint=emu.url), sending=sending
+    )
+    assert first.report is not None and len(first.report.applied) == DEVICES
+    emu.reset()
+    credentials = Credentials(APP_KEY, APP_SECRET, User(email=EMAIL), PASSWORD)
+    tokens = AppLogin(credentials, emu.login_url, clock=lambda: time.time() - 250)
+    connection = api.Connection(endpoint=emu.url, tokens=tokens)
+    planned = api.check_drift(["configs"], store, connection=connection, sending=sending)
+    summary = planned.plan.summary
+    assert (summary.probed, summary.unreachable, summary.to_send) == (DEVICES, 0, 0)
+    codes = Counter(entry["code"] for entry in emu.stats()["log"])
+    assert codes["InvalidParameterValue.InvalidAccessToken"] >= 1 and tokens.logins >= 2
+    assert codes["OK"] == DEVICES  # every device answered its probe once
+
+
+def test_a_request_refused_again_and_again_becomes_fatal() -> None:
+    from rrpcsync.cloud.classify import ErrorClass
+    from rrpcsync.cloud.results import failure
+    from rrpcsync.run.executor import MAX_RESENDS, resend_class
+
+    refused = failure("rid", "InvalidParameterValue.InvalidAccessToken", "the token is invalid")
+    resend = dataclasses.replace(refused, error_class=ErrorClass.RESEND)
+    assert resend_class(resend, MAX_RESENDS - 1).error_class is ErrorClass.RESEND
+    assert resend_class(resend, MAX_RESENDS).error_class is ErrorClass.FATAL
+    assert resend_class(refused, MAX_RESENDS) is refused
