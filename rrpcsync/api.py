@@ -7,8 +7,11 @@ to the `say` callback, the plan to `show`, and confirmation is asked of `confirm
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +22,18 @@ from rrpcsync.errors import ConfigError, FatalApiError, ManifestError, PlanFileE
 from rrpcsync.manifests import loader
 from rrpcsync.manifests.loader import LoadResult
 from rrpcsync.manifests.policy import declared_policies
-from rrpcsync.model import Action, DesiredDevice, DeviceRecord, Plan, RolloutSpec
+from rrpcsync.model import (
+    Action,
+    Change,
+    DesiredDevice,
+    DeviceRecord,
+    Plan,
+    RolloutSpec,
+    Status,
+    Summary,
+)
 from rrpcsync.planning.planner import make_plan
-from rrpcsync.planning.selection import RecordFilter, Selection, failed_keys
+from rrpcsync.planning.selection import RecordFilter, Selection, failed_keys, unmatched
 from rrpcsync.state import RunRecord, State, StateStore, open_store, utc_now
 
 if TYPE_CHECKING:
@@ -36,6 +48,7 @@ __all__ = [
     "DriftCheck",
     "LoggedIn",
     "Planned",
+    "SendLimit",
     "apply_manifests",
     "check_drift",
     "fatal_message",
@@ -115,7 +128,6 @@ class Planned:
 
     state: State
     plan: Plan
-    stale: list[str] = field(default_factory=list)  # saved plans: changes whose base moved
 
 
 @dataclass(slots=True)
@@ -124,6 +136,36 @@ class Applied:
 
     planned: Planned
     report: ApplyReport | None
+    fatal: str | None = None  # why the run stopped (token refused, endpoint unreachable)
+
+
+@dataclass(frozen=True, slots=True)
+class SendLimit:
+    """`--max-sends N` or `--max-sends P%` (of the selected devices): the blast-radius guard."""
+
+    value: float
+    percent: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> SendLimit:
+        """`50` or `10%`; ValueError with the reason otherwise."""
+        raw = text.strip()
+        percent = raw.endswith("%")
+        number = raw[:-1].strip() if percent else raw
+        try:
+            value = float(number) if percent else int(number)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a count (50) or a percentage (10%)") from None
+        if not math.isfinite(value) or value < 0 or (percent and value > 100):
+            raise ValueError(f"{text!r} is out of range (a count >= 0, or 0% to 100%)")
+        return cls(float(value), percent)
+
+    def __str__(self) -> str:
+        return f"{self.value:g}%" if self.percent else f"{int(self.value)}"
+
+    def allowed(self, selected: int) -> int:
+        """How many sends the limit allows for `selected` devices."""
+        return math.floor(self.value * selected / 100 + 1e-9) if self.percent else int(self.value)
 
 
 # --------------------------------------------------------------------------- validate / plan
@@ -157,9 +199,16 @@ def plan_manifests(
     planned; `record_observations` (apply) keeps what they reported in the loaded state.
     """
     selection = selection or Selection()
+    _refuse_saved_plan(paths, "plan")
     desired, state = loader.load_manifests_while(paths or DEFAULT_PATHS, store.load)
     if not desired.ok:
         raise ManifestError(desired.diagnostics, loader.summary_line(desired))
+    problems = unmatched(selection, desired.devices, state.devices)
+    if problems:
+        raise UsageError("; ".join(problems))
+    new_state = not state.exists and not state.devices
+    if new_state:
+        say(f"no state at {state.location}: all {len(desired.devices)} declared devices are new")
     if only_failed:  # the state's failed devices, read under the same load
         selection = selection.only(failed_keys(state.devices))
     plan = make_plan(
@@ -171,6 +220,8 @@ def plan_manifests(
         selection=selection,
         policies=declared_policies(desired.manifests),
     )
+    if new_state:
+        plan = dataclasses.replace(plan, new_state=state.location)
     if drift is not None and drift.active:
         plan = _add_drift(
             desired.devices,
@@ -224,6 +275,11 @@ class _Sender:
 
     def sink(self) -> ProgressSink | None:
         return self.progress() if self.progress is not None else None
+
+    @property
+    def endpoint(self) -> str:
+        """The RRPC endpoint, as resolved (once) with the token source."""
+        return self.connection.token_source(self.say)[1]
 
     def publisher_factory(self) -> Callable[[], RrpcClient]:
         from rrpcsync.cloud.client import RrpcClient
@@ -283,16 +339,43 @@ def _probe(
 
 # --------------------------------------------------------------------------- saved plans
 
+STALE_SHOWN = 5  # stale keys named in the refusal
+
 
 def is_saved_plan(paths: Sequence[str]) -> bool:
-    """Manifests are YAML: one `.json` argument is a saved plan (`plan --out`)."""
-    return len(paths) == 1 and paths[0].endswith(".json")
+    """Manifests are YAML: a `.json` argument is a saved plan (`plan --out`), given alone."""
+    return saved_plan_path(paths) is not None
 
 
-def load_saved_plan(path: str, store: StateStore) -> Planned:
-    """A saved plan checked against the store's lineage; `stale` lists moved bases."""
+def saved_plan_path(paths: Sequence[str]) -> str | None:
+    """The saved plan among `paths`, if any; mixed with other paths it is a usage error."""
+    plans = [path for path in paths if path.endswith(".json")]
+    if not plans:
+        return None
+    if len(paths) > 1:
+        raise UsageError(
+            f"{plans[0]} is a saved plan: apply it alone (`rrpcsync apply {plans[0]}`), "
+            "without manifest paths or other plans"
+        )
+    return plans[0]
+
+
+def _refuse_saved_plan(paths: Sequence[str], command: str) -> None:
+    plan_file = saved_plan_path(paths)
+    if plan_file is not None:
+        raise UsageError(f"{plan_file} is a saved plan: `{command}` reads manifests (YAML)")
+
+
+def load_saved_plan(path: str, store: StateStore, say: Say = _quiet) -> Planned:
+    """A saved plan checked against the store: a plan with any stale change is refused whole.
+
+    A change is stale when a run changed its device since the plan was made (another request
+    was sent, or the acknowledged payload moved), unless the device now holds exactly what the
+    plan would send: such changes were already applied and are left out, so applying the same
+    plan twice sends nothing the second time. Updates get the recorded payload as their
+    `payload_before`, so the plan shows the same diff `plan` showed.
+    """
     from rrpcsync.planning.document import plan_from_document
-    from rrpcsync.run.executor import stale_changes
 
     state = store.load()
     try:
@@ -300,17 +383,95 @@ def load_saved_plan(path: str, store: StateStore) -> Planned:
     except (OSError, ValueError) as exc:
         raise PlanFileError(f"{path}: cannot read saved plan: {exc}") from None
     saved = plan_from_document(doc, path, os.environ)
-    if saved.lineage == NEW_STATE and state.exists:
-        raise PlanFileError(
-            f"{path}: the plan was made before {state.location} existed, and another run has "
-            "written it since; make a new plan"
-        )
     if saved.lineage not in (NEW_STATE, state.lineage):
         raise PlanFileError(
             f"{path}: the plan was made for state lineage {saved.lineage}, but "
             f"{state.location} has lineage {state.lineage}; make a new plan"
         )
-    return Planned(state, saved, stale_changes(saved, state))
+    fresh, done, stale = _sort_saved(saved.changes, state.devices)
+    if stale:
+        raise PlanFileError(_stale_message(path, stale, len(saved.changes), state.location))
+    if saved.lineage == NEW_STATE and state.exists and fresh:
+        raise PlanFileError(
+            f"{path}: the plan was made before {state.location} existed, and another run has "
+            "written it since; make a new plan"
+        )
+    if done:
+        say(f"{path}: {len(done)} change(s) were already applied by an earlier run; skipped")
+    if not state.exists and not state.devices:
+        say(f"no state at {state.location}: the saved plan's devices are all new")
+    changes = tuple(_with_base(change, state.devices.get(change.key)) for change in fresh)
+    plan = dataclasses.replace(
+        saved,
+        changes=changes,
+        summary=_summary_of(changes, saved.summary.noop + len(done)),
+        new_state=None if state.exists else state.location,
+    )
+    return Planned(state, plan)
+
+
+def _sort_saved(
+    changes: Sequence[Change], records: Mapping[str, DeviceRecord]
+) -> tuple[list[Change], list[str], list[str]]:
+    """The saved plan's changes: still to do, already done, stale."""
+    fresh: list[Change] = []
+    done: list[str] = []
+    stale: list[str] = []
+    for change in changes:
+        record = records.get(change.key)
+        verdict = _saved_change_verdict(change, record)
+        if verdict == "fresh":
+            fresh.append(change)
+        elif verdict == "done":
+            done.append(change.key)
+        else:
+            stale.append(change.key)
+    return fresh, done, stale
+
+
+def _saved_change_verdict(change: Change, record: DeviceRecord | None) -> str:
+    if change.action is Action.ORPHAN:
+        if record is None:
+            return "done"  # already forgotten
+        moved = record.payload_sha256 != change.payload_sha256_before
+        return "stale" if moved else "fresh"
+    acknowledged = record.payload_sha256 if record else None
+    moved = acknowledged != change.payload_sha256_before
+    if change.base_request_id is not None:  # plans that recorded it: any send since counts
+        moved = moved or ((record.request_id or "") if record else "") != change.base_request_id
+    if not moved:
+        return "fresh"
+    applied = record is not None and record.status is Status.APPLIED
+    return "done" if applied and acknowledged == change.payload_sha256_after else "stale"
+
+
+def _with_base(change: Change, record: DeviceRecord | None) -> Change:
+    """The recorded (masked) payload as `payload_before`: the diff `plan` showed."""
+    if record is None or change.payload_before is not None:
+        return change
+    return dataclasses.replace(change, payload_before=record.payload)
+
+
+def _summary_of(changes: Sequence[Change], noop: int) -> Summary:
+    counts = Counter(change.action for change in changes)
+    return Summary(
+        counts[Action.CREATE],
+        counts[Action.UPDATE],
+        counts[Action.RETRY],
+        counts[Action.ORPHAN],
+        noop,
+        drift=counts[Action.DRIFT],
+    )
+
+
+def _stale_message(path: str, stale: Sequence[str], total: int, location: str) -> str:
+    shown = ", ".join(stale[:STALE_SHOWN])
+    more = f" and {len(stale) - STALE_SHOWN} more" if len(stale) > STALE_SHOWN else ""
+    return (
+        f"{path}: saved plan is stale: {len(stale)} of its {total} change(s) no longer match "
+        f"{location} (a run changed those devices since the plan was made): {shown}{more}; "
+        "nothing was sent; make a new plan"
+    )
 
 
 # --------------------------------------------------------------------------- apply
@@ -326,6 +487,7 @@ def apply_manifests(
     connection: Connection | None = None,
     sending: ApplyOptions | None = None,
     rollout: RolloutSpec | None = None,
+    max_sends: SendLimit | None = None,
     lock_timeout: float = 0.0,
     show: Callable[[Plan], None] = lambda plan: None,
     confirm: Callable[[Plan], None] = lambda plan: None,
@@ -335,17 +497,18 @@ def apply_manifests(
 ) -> Applied:
     """Plan (or load the one saved plan in `paths`), show, confirm, send, record, save.
 
-    `confirm` raises to refuse. Holds the store's lock throughout.
+    `confirm` raises to refuse. Holds the store's lock throughout. A saved plan is applied
+    exactly as saved: selection, prune and drift options are refused with it (UsageError);
+    the sending and rollout options apply to it as to any plan.
     """
     sender = _Sender(connection or Connection(), sending, progress, say)
     started = utc_now()
+    plan_file = saved_plan_path(paths)
+    if plan_file is not None:
+        _refuse_narrowing(selection or Selection(), prune, drift, only_failed)
     with store.lock("apply", timeout=lock_timeout):
-        if is_saved_plan(paths):
-            if drift is not None and drift.active:
-                raise UsageError(
-                    "--refresh and --resync-after plan from manifests, not a saved plan"
-                )
-            planned = load_saved_plan(paths[0], store)
+        if plan_file is not None:
+            planned = load_saved_plan(plan_file, store, say)
         else:
             planned = plan_manifests(
                 paths,
@@ -360,28 +523,83 @@ def apply_manifests(
                 record_observations=True,
                 only_failed=only_failed,
             )
-        show(planned.plan)
         the_plan, state = planned.plan, planned.state
-        if not the_plan.actionable and not planned.stale:
+        # no token, an unsafe endpoint: an error before the plan is shown, not after
+        make_publisher = sender.publisher_factory() if the_plan.summary.to_send else None
+        show(the_plan)
+        if not the_plan.actionable:
             if state.replayed or the_plan.summary.probed > the_plan.summary.unreachable:
                 store.save(state)  # fold a killed run's journal in; keep what probes saw
             return Applied(planned, None)
+        if max_sends is not None:
+            check_send_limit(the_plan, max_sends)
         confirm(the_plan)
-        report = _execute(planned, store, sender, rollout or RolloutSpec())
+        report = _execute(planned, store, sender, rollout or RolloutSpec(), make_publisher)
         store.save(state)
         store.record_run(_run_record("apply", started, report, state))
-    return Applied(planned, report)
+    fatal = run_failure(report, sender.endpoint) if report.fatal is not None else None
+    return Applied(planned, report, fatal)
+
+
+def _refuse_narrowing(
+    selection: Selection, prune: bool, drift: DriftCheck | None, only_failed: bool = False
+) -> None:
+    """A saved plan is applied exactly as saved: options that would change it are refused."""
+    given = [
+        option
+        for option, used in (
+            ("--target", bool(selection.targets)),
+            ("--exclude", bool(selection.excludes)),
+            ("--selector", bool(selection.selectors)),
+            ("--only-failed", only_failed or selection.keys is not None),
+            ("--prune", prune),
+            ("--refresh", drift is not None and drift.refresh),
+            ("--resync-after", drift is not None and drift.resync_after is not None),
+        )
+        if used
+    ]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} cannot be used with a saved plan: it is applied exactly as "
+            "saved; pass them to `rrpcsync plan --out` and apply that plan"
+        )
+
+
+def selected_count(the_plan: Plan) -> int:
+    """The devices a plan covers: the selection's, else every declared device."""
+    if the_plan.selection is not None:
+        return the_plan.selection.selected
+    summary = the_plan.summary
+    return summary.to_send + summary.noop + summary.unreachable
+
+
+def check_send_limit(the_plan: Plan, limit: SendLimit) -> None:
+    """`--max-sends`: refuse (UsageError, exit 1) before anything is sent when above it."""
+    sends = the_plan.summary.to_send
+    selected = selected_count(the_plan)
+    allowed = limit.allowed(selected)
+    if sends <= allowed:
+        return
+    of = f" ({allowed} of {selected} selected device(s))" if limit.percent else ""
+    raise UsageError(
+        f"the plan would send to {sends} device(s), above --max-sends {limit}{of}; nothing was "
+        "sent. Check --state and the manifests, narrow the run with --target/--selector, or "
+        "raise --max-sends"
+    )
 
 
 def _execute(
-    planned: Planned, store: StateStore, sender: _Sender, flags: RolloutSpec
+    planned: Planned,
+    store: StateStore,
+    sender: _Sender,
+    flags: RolloutSpec,
+    make_publisher: Callable[[], RrpcClient] | None,
 ) -> ApplyReport:
     """Forget orphans (with prune), then send in rollout order."""
     from rrpcsync.run.executor import ApplyReport
     from rrpcsync.run.rollout import apply_rollout
 
     the_plan, state = planned.plan, planned.state
-    make_publisher = sender.publisher_factory() if the_plan.summary.to_send else None
     pruned = prune_orphans(the_plan, state)
     report = ApplyReport()
     if make_publisher is not None:
@@ -392,12 +610,11 @@ def _execute(
             sender.options(),
             flags,
             sender.sink(),
-            planned.stale,
+            (),
             sender.say,
             recorder=store.recorder(state),
         )
     report.pruned = pruned
-    report.stale = list(planned.stale)
     return report
 
 
@@ -583,6 +800,20 @@ FATAL_HINTS = {
         "set a fresh RRPCSYNC_ACCESS_TOKEN, or let rrpcsync log in itself (docs/auth.md)"
     ),
 }
+
+
+def run_failure(report: ApplyReport, endpoint: str) -> str | None:
+    """Why the run stopped early as a whole, for the user; None when it did not."""
+    if report.fatal is None:
+        return None
+    if report.endpoint_broken:
+        detail = report.fatal.message or report.fatal.code or "no answer"
+        return (
+            f"cannot reach {endpoint}: {detail} ({report.fatal.code}); stopped after "
+            f"{report.requests} request(s) with no answer; the devices not reached keep their "
+            "previous record"
+        )
+    return fatal_message(report.fatal.code or "Unknown", report.fatal.message)
 
 
 def fatal_message(code: str, message: str | None = None) -> str:

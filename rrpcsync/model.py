@@ -109,6 +109,9 @@ class Change:
     reason: str | None = None  # drift: "drift" (a probe saw another config) or "stale"
     observed: str | None = None  # drift: the reported config as compared (JSON, masked)
     applied_at: str | None = None  # drift: when the device last acknowledged its payload
+    # the record's request_id when planned ("" no record or none): a saved plan notices that
+    # a run sent to the device since (docs/plan-json.md); None: not known (an older plan file)
+    base_request_id: str | None = ""
 
     @property
     def shown_payload(self) -> str | None:
@@ -149,11 +152,20 @@ class Plan:
     policies: Mapping[str, ManifestPolicy] = field(default_factory=dict)  # non-default only
     refreshed: bool = False  # drift-checked: made with --refresh or --resync-after
     unreachable: tuple[Unreachable, ...] = ()  # devices whose drift probe got no usable answer
+    new_state: str | None = None  # the state's location when it did not exist yet
+    selection: SelectionCount | None = None  # with --target/--exclude/--selector
 
     @property
     def actionable(self) -> bool:
         """Apply would send or forget something (orphans count only with --prune)."""
         return self.summary.to_send > 0 or (self.prune and self.summary.orphan > 0)
+
+
+class SelectionCount(NamedTuple):
+    """How many declared devices a selection (--target/--exclude/--selector) kept."""
+
+    selected: int
+    declared: int
 
 
 class Expectation(NamedTuple):

@@ -306,8 +306,9 @@ def test_saved_plan_applies_exactly_and_refuses_other_lineage(
     assert result.code == 0, result.err
     assert sent_to(emu) == {"P1/d1": 1, "P1/d2": 1}
     again = run(capsys, "apply", "plan.json", "--auto-approve", "--endpoint", emu.url)
-    assert again.code == 1
-    assert "made before rrpcsync.state.json existed" in again.err
+    assert again.code == 0, again.err  # the same plan twice: nothing sent the second time
+    assert "2 change(s) were already applied by an earlier run" in again.err
+    assert sent_to(emu) == {"P1/d1": 1, "P1/d2": 1}
     assert run(capsys, "plan", "configs", "--out", "plan2.json").code == 0
     assert apply(capsys, emu, "--state", "other.json").code == 0
     other = run(capsys, "apply", "plan2.json", "--state", "other.json", "--auto-approve")
@@ -316,7 +317,7 @@ def test_saved_plan_applies_exactly_and_refuses_other_lineage(
     assert sent_to(emu) == {"P1/d1": 2, "P1/d2": 2, "P1/d3": 1}
 
 
-def test_stale_saved_plan_changes_are_skipped(
+def test_stale_saved_plan_is_refused_whole_before_anything_is_sent(
     capsys: pytest.CaptureFixture[str], env: Path, emulator: Any
 ) -> None:
     emu = emulator({"auto_devices": True})
@@ -324,12 +325,16 @@ def test_stale_saved_plan_changes_are_skipped(
     assert apply(capsys, emu).code == 0
     fleet_manifest(env, ["d1", "d2"], payload="{v: 2}")
     assert run(capsys, "plan", "configs", "--out", "plan.json").code == 0
-    assert apply(capsys, emu, "--target", "P1/d1").code == 0  # moves d1 on
+    fleet_manifest(env, ["d1", "d2"], payload="{v: 3}")
+    assert apply(capsys, emu, "--target", "P1/d1").code == 0  # moves d1 on, to another payload
+    before = (env / "rrpcsync.state.json").read_bytes()
     emu.reset()
     result = run(capsys, "apply", "plan.json", "--auto-approve", "--endpoint", emu.url)
     assert result.code == 1
-    assert sent_to(emu) == {"P1/d2": 1}
-    assert "1 change(s) of the saved plan were stale" in result.err
+    assert sent_to(emu) == {}  # not even the fresh change of d2
+    assert "saved plan is stale: 1 of its 2 change(s) no longer match" in result.err
+    assert "P1/d1" in result.err
+    assert (env / "rrpcsync.state.json").read_bytes() == before
 
 
 def test_prune_forgets_orphans_without_sending(

@@ -237,7 +237,7 @@ def test_saved_refreshed_plan_applies_its_drift(
     assert acked(emu) == {"P1/d1": [DESIRED_TEXT]}
     refused = run(capsys, "apply", "plan.json", "--refresh", "--auto-approve")
     assert refused.code == 1
-    assert "not a saved plan" in refused.err
+    assert "--refresh cannot be used with a saved plan" in refused.err
 
 
 def test_sensitive_payloads_stay_masked_in_observations(

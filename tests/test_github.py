@@ -572,6 +572,7 @@ def test_apply_workflow() -> None:
     apply = action_step(workflow, "apply")
     assert "--auto-approve" in apply["with"]["args"].split()
     assert apply["env"] == LOGIN_SECRETS
+    assert workflow["env"]["RRPCSYNC_MAX_SENDS"] == "${{ vars.RRPCSYNC_MAX_SENDS || '25%' }}"
     for name in ("Save the state to the state branch", "Keep the state as an artifact"):
         assert step_named(workflow, name)["if"].startswith("always()")
     assert "exitcode == '3'" in step_named(workflow, "List the devices that failed")["if"]
@@ -590,6 +591,7 @@ def test_drift_workflow() -> None:
     apply = action_step(workflow, "apply")
     assert "--auto-approve" in apply["with"]["args"].split()
     assert apply["env"] == LOGIN_SECRETS
+    assert workflow["env"]["RRPCSYNC_MAX_SENDS"] == "${{ vars.RRPCSYNC_MAX_SENDS || '25%' }}"
     issue = step_named(workflow, "Open, update or close the failure issue")
     assert "steps.apply.outputs.exitcode == '3'" in issue["if"]
 

@@ -183,6 +183,7 @@ def test_saved_plan_round_trip() -> None:
             None,
             c.payload_sha256_before,
             c.last_error_code,
+            base_request_id=c.base_request_id,
         )
         for c in plan.changes
     )

@@ -623,6 +623,9 @@ def test_a_failed_dependency_blocks_its_dependents_transitively(
     assert "rollout: lamps blocked (2 device(s) not sent): depends on sensors" in result.err
     text = apply(capsys, emu)  # gateways still failing: still blocked, in the text summary too
     assert text.code == 3 and "  blocked     4  (a dependency had failures)" in text.out
+    listed = text.out_lines[text.out_lines.index("Blocked (a dependency had failures) (4):") :]
+    assert listed[1:5] == ["  P2/s00", "  P2/s01", "  P3/l00", "  P3/l01"]
+    assert "Failed with FailedOperation.DeviceOffline (1):" in text.out_lines
     emu.configure({"devices": {"P1/g01": {"offline": False}}})
     assert apply(capsys, emu).code == 0
     assert set(statuses().values()) == {"applied"} and len(statuses()) == 9
@@ -735,4 +738,8 @@ def test_the_worked_example_of_docs_rollouts(
     result = run(capsys, "apply", "configs", "--auto-approve", "--endpoint", emu.url)
     assert result.code == 3
     assert result.err_lines[-1].removeprefix("error: ") in docs
-    assert result.out_lines[-1] == "  failed      1  ReplyMismatch"
+    assert result.out_lines[-3:] == [
+        "  failed      1  ReplyMismatch",
+        "Failed with ReplyMismatch (1):",
+        "  ASBHKN/dev-002",
+    ]

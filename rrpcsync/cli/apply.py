@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -25,6 +24,7 @@ from rrpcsync.cli.options import (
     detail_option,
     format_option,
     lock_timeout_option,
+    max_sends_option,
     only_failed_option,
     paths_argument,
     prune_option,
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 @paths_argument
 @state_option
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
+@max_sends_option
 @client_options
 @rollout_options
 @format_option("text", "json")
@@ -70,9 +71,11 @@ if TYPE_CHECKING:
 def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options: Any) -> None:
     """Send the plan's changes (create, update, retry, drift) and record every reply in the state.
 
-    PATHS are manifest files/folders, or one saved plan (`plan --out`). Exit 0 all applied,
-    3 some devices failed or were blocked, or the rollout was aborted (docs/rollouts.md),
-    1 fatal error or stale saved plan, 4 locked, 130 interrupted.
+    PATHS are manifest files/folders, or one saved plan (`plan --out`), applied exactly as
+    saved: --target/--exclude/--selector/--only-failed/--prune/--refresh are refused. Exit 0 all
+    applied, 3 some devices failed or were blocked, or the rollout was aborted
+    (docs/rollouts.md), 1 fatal error, unreachable endpoint, stale saved plan or above
+    --max-sends, 4 locked, 130 interrupted.
     """
     json_out = options["output_format"] == "json"
     rollout = rollout_flags(options)
@@ -86,6 +89,7 @@ def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options
             connection=connection_from(options),
             sending=sending_options(options),
             rollout=rollout,
+            max_sends=options["max_sends"],
             lock_timeout=options["lock_timeout"],
             show=lambda the_plan: show_plan(
                 the_plan, to_stderr=json_out, detail=options["detail"], flags=rollout
@@ -102,9 +106,8 @@ def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options
         if json_out:
             out(json.dumps(NO_CHANGES_REPORT, indent=2))
         return
-    stale = applied.planned.stale
-    render_report(applied.report, stale, json_out)
-    raise SystemExit(apply_exit_code(applied.report, stale))
+    render_report(applied.report, json_out, applied.fatal)
+    raise SystemExit(apply_exit_code(applied.report, applied.fatal))
 
 
 def show_plan(
@@ -130,15 +133,14 @@ def confirm_or_refuse(auto_approve: bool) -> None:
         raise UsageError("apply cancelled; nothing was sent")
 
 
-def apply_exit_code(report: ApplyReport, stale: Sequence[str]) -> ExitCode:
+def apply_exit_code(report: ApplyReport, fatal: str | None) -> ExitCode:
     if report.fatal is not None:
-        fatal = report.fatal
-        fail(api.fatal_message(fatal.code or "Unknown", fatal.message), ExitCode.ERROR)
+        fatal_report = report.fatal
+        fallback = api.fatal_message(fatal_report.code or "Unknown", fatal_report.message)
+        fail(fatal or fallback, ExitCode.ERROR)
     if report.interrupted:
+        info("interrupted: the replies received are recorded; run apply again to go on")
         return ExitCode.INTERRUPTED
-    if stale:
-        info(f"error: {len(stale)} change(s) of the saved plan were stale and not applied")
-        return ExitCode.ERROR
     if report.aborted:
         click.echo(f"error: {report.aborted}", err=True)
     return ExitCode.PARTIAL if report.failed or report.blocked else ExitCode.OK

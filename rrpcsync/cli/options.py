@@ -78,6 +78,27 @@ only_failed_option = click.option(
     help="Only the devices whose last attempt failed (status failed in the state).",
 )
 
+
+def _send_limit(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from rrpcsync.api import SendLimit
+
+    try:
+        return SendLimit.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+max_sends_option = click.option(
+    "--max-sends",
+    envvar="RRPCSYNC_MAX_SENDS",
+    callback=_send_limit,
+    metavar="N|P%",
+    help="Refuse (exit 1, nothing sent) when the plan would send to more than N devices, or "
+    "more than P% of the selected devices (env RRPCSYNC_MAX_SENDS).",
+)
+
 prune_option = click.option(
     "--prune", is_flag=True, help="Forget orphaned devices (no longer declared) from the state."
 )

@@ -116,13 +116,22 @@ def drift(
     """Report drift, for alerting: `plan --refresh --detailed-exitcode`; sends no fix.
 
     Probes the devices whose manifests declare spec.probe and prints the plan; the state is
-    not written. Exit 0 in sync, 2 drifted (or other changes to apply), 1 on errors.
+    not written. Exit 2 when devices drifted or their desired payload differs from the
+    recorded one (create, update); devices only waiting for a retry are listed but exit 0.
+    Exit 1 on errors.
     """
     selection = selection_from(targets, excludes, selectors)
     the_plan = plan_and_show(paths, state_path, selection, False, {**options, "refresh": True})
     write_plan_outputs(the_plan, output_format, out_path, md_path, detail)
-    if the_plan.actionable:
+    if drift_alert(the_plan):
         raise SystemExit(ExitCode.CHANGES)
+
+
+def drift_alert(the_plan: Plan) -> bool:
+    """`drift` exits 2 for drift and for desired payloads not yet recorded (create, update);
+    a retry alone (the payload was sent, the device has not acknowledged it) stays green."""
+    summary = the_plan.summary
+    return summary.drift + summary.create + summary.update > 0
 
 
 def plan_and_show(

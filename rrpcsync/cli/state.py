@@ -19,9 +19,10 @@ from rrpcsync.cli.options import (
     state_option,
     yes_option,
 )
-from rrpcsync.errors import UsageError
+from rrpcsync.errors import StateError, UsageError
 from rrpcsync.model import DeviceRecord, Status
 from rrpcsync.planning.selection import RecordFilter, Selection
+from rrpcsync.state import State
 from rrpcsync.state.jsonfile import record_to_dict
 
 SHOWN_KEYS = 5  # keys named when a command works on many
@@ -94,6 +95,7 @@ def state_list(
     selection = Selection.from_options(targets, excludes, selectors)
     record_filter = RecordFilter(frozenset(statuses), manifests, error_codes, selection)
     loaded, chosen = api.list_records(api.open_store(state_path), record_filter, paths)
+    check_exists(loaded)
     counts = Counter(record.status.value for _, record in chosen)
     if output_format == "json":
         devices = {key: _list_entry(rec) for key, rec in chosen}
@@ -146,7 +148,7 @@ def table(header: Sequence[str], rows: Sequence[tuple[str, DeviceRecord]]) -> li
 @format_option("text", "json")
 def state_show(key: str, state_path: str, output_format: str) -> None:
     """Show one device's record; the reply as text (indented when it is JSON)."""
-    loaded = api.open_store(state_path).load()
+    loaded = load_existing(state_path)
     record = loaded.devices.get(key)
     if record is None:
         raise UsageError(f"{key} is not in {state_path}")
@@ -156,6 +158,17 @@ def state_show(key: str, state_path: str, output_format: str) -> None:
         return
     for line in record_lines(key, record):
         out(line)
+
+
+def load_existing(state_path: str) -> State:
+    """The state to inspect; a missing one is an error (a typo'd --state is not "0 devices")."""
+    return check_exists(api.open_store(state_path).load())
+
+
+def check_exists(loaded: State) -> State:
+    if not loaded.exists and not loaded.devices:
+        raise StateError(f"no state at {loaded.location}: check --state (or RRPCSYNC_STATE)")
+    return loaded
 
 
 def record_lines(key: str, rec: DeviceRecord) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rrpcsync.cli.app import out
@@ -26,10 +25,11 @@ NO_CHANGES_REPORT: dict[str, Any] = {
     "interrupted": False,
     "blocked": [],
     "aborted": None,
+    "fatal": None,
 }
 
 
-def report_document(report: ApplyReport, stale: Sequence[str]) -> dict[str, Any]:
+def report_document(report: ApplyReport, fatal: str | None = None) -> dict[str, Any]:
     return {
         "applied": sorted(report.applied),
         "failed": {
@@ -39,31 +39,54 @@ def report_document(report: ApplyReport, stale: Sequence[str]) -> dict[str, Any]
         "failed_by_code": dict(report.failures_by_code),
         "not_sent": sorted(report.not_sent),
         "unknown": sorted(report.unknown),
-        "stale": sorted(stale),
+        "stale": sorted(report.stale),
         "pruned": sorted(report.pruned),
         "requests": report.requests,
         "elapsed_seconds": round(report.elapsed, 3),
         "interrupted": report.interrupted,
         "blocked": sorted(report.blocked),
         "aborted": report.aborted,
+        "fatal": _fatal_document(report, fatal),
     }
 
 
-def render_report(report: ApplyReport, stale: Sequence[str], json_out: bool) -> None:
-    if json_out:
-        out(json.dumps(report_document(report, stale), indent=2, ensure_ascii=False))
-        return
+def _fatal_document(report: ApplyReport, fatal: str | None) -> dict[str, Any] | None:
+    """Why the run stopped as a whole: the code, and the message the user is told."""
+    if report.fatal is None:
+        return None
+    return {"code": report.fatal.code or "Unknown", "message": fatal or report.fatal.message}
+
+
+def summary_lines(report: ApplyReport) -> list[str]:
+    """The counts, then the failed devices per error code, the stale and the blocked ones."""
     lines = render.apply_summary(
         len(report.applied),
         dict(report.failures_by_code),
         len(report.not_sent) + len(report.unknown),
-        len(stale),
+        len(report.stale),
         len(report.pruned),
         report.elapsed,
         report.requests,
+        report.interrupted,
     )
     if report.blocked:
         lines.append(f"  blocked {len(report.blocked):>5}  (a dependency had failures)")
+    lines += render.failed_device_lines({key: err.code for key, err in report.failed.items()})
+    lines += render.device_list_lines("Stale (not sent)", report.stale)
+    lines += render.device_list_lines("Blocked (a dependency had failures)", report.blocked)
+    return lines
+
+
+def render_report(report: ApplyReport, json_out: bool, fatal: str | None = None) -> None:
+    if json_out:
+        out(json.dumps(report_document(report, fatal), indent=2, ensure_ascii=False))
+        return
+    lines = summary_lines(report)
     for line in lines:
         out(line)
-    append_step_summary("\n".join(["### rrpcsync apply", "", *lines, ""]))
+    append_step_summary("\n".join(["### rrpcsync apply", "", *_markdown_lines(lines), ""]))
+
+
+def _markdown_lines(lines: list[str]) -> list[str]:
+    """The summary in a code block, so device keys and `…` lines keep their layout."""
+    return ["```", *(line.replace("```", "ˋˋˋ") for line in lines), "```"]

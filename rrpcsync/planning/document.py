@@ -26,6 +26,8 @@ def plan_document(plan: Plan, *, created_at: str, include_payloads: bool = True)
         "created_at": created_at,
         "lineage": plan.lineage or None,  # null: planned against a state not yet created
         "serial": plan.serial,
+        "state": "new" if plan.new_state is not None else "existing",
+        **_selection_document(plan),
         "prune": plan.prune,
         "summary": {
             "create": summary.create,
@@ -39,6 +41,13 @@ def plan_document(plan: Plan, *, created_at: str, include_payloads: bool = True)
         **_unreachable_document(plan),
         **_policies_document(plan),
     }
+
+
+def _selection_document(plan: Plan) -> dict[str, Any]:
+    """`selection`: how many declared devices --target/--exclude/--selector kept (if any)."""
+    if plan.selection is None:
+        return {}
+    return {"selection": plan.selection._asdict()}
 
 
 def _policies_document(plan: Plan) -> dict[str, Any]:
@@ -57,6 +66,7 @@ def _change_document(change: Change, include_payloads: bool) -> dict[str, Any]:
         "source": change.source,
         "payload_sha256_before": change.payload_sha256_before,
         "payload_sha256_after": change.payload_sha256_after,
+        "base_request_id": change.base_request_id or None,
     }
     if change.last_error_code is not None:
         doc["last_error_code"] = change.last_error_code
@@ -161,4 +171,16 @@ def _change_from_document(item: Mapping[str, Any], env: Mapping[str, str]) -> Ch
         reason=item.get("reason"),
         observed=item.get("observed"),
         applied_at=item.get("applied_at"),
+        base_request_id=_base_request_id(item),
     )
+
+
+def _base_request_id(item: Mapping[str, Any]) -> str | None:
+    """The request id the device's record had when planned: "" none; None unknown (an older
+    plan file, which is then checked by payload hashes only)."""
+    if "base_request_id" not in item:
+        return None
+    value = item["base_request_id"]
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"change {item.get('key')!r}: base_request_id is not a string")
+    return value or ""

@@ -12,6 +12,7 @@ from rrpcsync.model import (
     DeviceRecord,
     ManifestPolicy,
     Plan,
+    SelectionCount,
     Status,
     Summary,
 )
@@ -43,6 +44,7 @@ def _change(device: DesiredDevice, record: DeviceRecord | None, action: Action) 
         last_error_code=_last_error_code(record) if action is Action.RETRY else None,
         payload_template=device.template if action.sends else None,
         expect=device.expect if action.sends else None,
+        base_request_id=(record.request_id or "") if record else "",
     )
 
 
@@ -95,11 +97,13 @@ def make_plan(
     unchanged: Counter[str] = Counter()
     declared: set[str] = set()
     everything = selection.everything
+    selected = 0
     for device in desired:
         key = device.key
         declared.add(key)
         if not everything and not selection.matches(key, device.labels):
             continue
+        selected += 1
         record = records.get(key)
         action = _action(device.payload_sha256, record)
         if action is Action.NOOP:  # the common case at scale: no Change object for it
@@ -117,4 +121,13 @@ def make_plan(
         orphan=counts[Action.ORPHAN],
         noop=sum(unchanged.values()),
     )
-    return Plan(lineage, serial, tuple(changes), summary, dict(unchanged), prune, policies or {})
+    return Plan(
+        lineage,
+        serial,
+        tuple(changes),
+        summary,
+        dict(unchanged),
+        prune,
+        policies or {},
+        selection=None if everything else SelectionCount(selected, len(declared)),
+    )

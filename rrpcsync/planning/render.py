@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rrpcsync.errors import Diagnostic
 from rrpcsync.manifests.expect import describe as describe_expectation
-from rrpcsync.model import Action, Change, Plan, RolloutSpec, Summary
+from rrpcsync.model import Action, Change, Plan, RolloutSpec, SelectionCount, Summary
 from rrpcsync.planning.schedule import Step, by_level, level_steps
 
 MARKDOWN_LIMIT = 60_000  # GitHub comments hold 65,536 characters; leave room for wrappers
@@ -144,12 +144,22 @@ def _short(text: str | None, width: int = 80) -> str:
 # --------------------------------------------------------------------------- plan: summary
 
 
-def summary_sentence(summary: Summary, drift_checked: bool = False) -> str:
+def summary_sentence(
+    summary: Summary, drift_checked: bool = False, selection: SelectionCount | None = None
+) -> str:
     drifted = f"{summary.drift} drifted, " if drift_checked or summary.drift else ""
     return (
         f"Plan: {summary.create} to create, {summary.update} to update, "
         f"{summary.retry} to retry, {drifted}{summary.orphan} orphaned, {summary.noop} unchanged."
+        f"{selection_note(selection)}"
     )
+
+
+def selection_note(selection: SelectionCount | None) -> str:
+    """` (selection: 12 of 400 declared devices)` when --target/--exclude/--selector is active."""
+    if selection is None:
+        return ""
+    return f" (selection: {selection.selected} of {selection.declared} declared devices)"
 
 
 def by_manifest(changes: Iterable[Change]) -> dict[str, list[Change]]:
@@ -331,7 +341,10 @@ def plan_text(
     """The plan for a terminal; identical changes grouped unless not `grouped` (`--detail
     full`), then the summary and the rollout preview."""
     if not plan.summary.has_changes:
-        yield f"No changes. {plan.summary.noop} device(s) already match the manifests."
+        yield (
+            f"No changes. {plan.summary.noop} device(s) already match the manifests."
+            f"{selection_note(plan.selection)}"
+        )
         yield from drift_check_lines(plan)
         return
     for manifest, changes in by_manifest(plan.changes).items():
@@ -340,7 +353,7 @@ def plan_text(
             lines = group_lines(group, color=color, indent="    ", keys=GROUP_KEYS)
             yield from ("  " + line for line in lines)
     yield ""
-    yield paint(summary_sentence(plan.summary, plan.refreshed), "bold", color)
+    yield paint(summary_sentence(plan.summary, plan.refreshed, plan.selection), "bold", color)
     if plan.summary.orphan and not prune:
         yield "Orphaned devices are only reported; `apply --prune` forgets them from the state."
     yield from rollout_lines(plan, rollout)
@@ -386,6 +399,7 @@ def plan_markdown(
         f"| {summary.noop} |",
         "",
     ]
+    head += _markdown_notes(plan)
     head += _markdown_drift(plan)
     preview = rollout_lines(plan, rollout)
     head += [*(f"- {_html(line)}" for line in preview), ""] if preview else []
@@ -398,6 +412,22 @@ def plan_markdown(
         [f"**{left_out} change(s) not shown here to keep the comment short.**"] if left_out else []
     )
     return "\n".join([*head, *sections, *tail, "", footer, ""])
+
+
+def _markdown_notes(plan: Plan) -> list[str]:
+    """A missing state and an active selection, said where a reviewer looks first."""
+    lines = []
+    if plan.new_state is not None:
+        where = _md_code(plan.new_state)
+        lines += [f"**No state** at `{where}`: every declared device is new.", ""]
+    if plan.selection is not None:
+        selected, declared = plan.selection
+        lines += [f"**Selection:** {selected} of {declared} declared devices.", ""]
+    return lines
+
+
+def _md_code(text: str) -> str:
+    return _html(text.replace("`", "'"))
 
 
 def _markdown_drift(plan: Plan) -> list[str]:
@@ -475,6 +505,10 @@ def _html(text: str) -> str:
 # --------------------------------------------------------------------------- apply results
 
 
+LISTED_PER_CODE = 20  # failed devices named per error code in apply's summary
+FAILED_HINT = "rrpcsync state list --status failed"
+
+
 def apply_summary(
     applied: int,
     failed_by_code: dict[str, int],
@@ -483,13 +517,47 @@ def apply_summary(
     pruned: int,
     elapsed: float,
     requests: int,
+    interrupted: bool = False,
 ) -> list[str]:
     failed = sum(failed_by_code.values())
     rate = requests / elapsed if elapsed > 0 else 0.0
+    head = "Apply interrupted" if interrupted else "Apply"
     lines = [
-        f"Apply: {applied} applied, {failed} failed, {not_sent} not sent, {stale} stale, "
+        f"{head}: {applied} applied, {failed} failed, {not_sent} not sent, {stale} stale, "
         f"{pruned} pruned; {requests} request(s) in {elapsed:.1f}s ({rate:.1f}/s)."
     ]
-    for code, count in sorted(failed_by_code.items(), key=lambda item: (-item[1], item[0])):
+    for code, count in _by_count(failed_by_code):
         lines.append(f"  failed {count:>6}  {code}")
+    return lines
+
+
+def _by_count(counts: Mapping[str, int]) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def failed_device_lines(
+    failed: Mapping[str, str], limit: int = LISTED_PER_CODE, hint: str = FAILED_HINT
+) -> list[str]:
+    """The failed devices by error code (key → code), `limit` per code, then how many more."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for key in sorted(failed):
+        groups[failed[key]].append(key)
+    lines: list[str] = []
+    for code, _ in _by_count({code: len(keys) for code, keys in groups.items()}):
+        keys = groups[code]
+        lines.append(f"Failed with {code} ({len(keys)}):")
+        lines.extend(f"  {key}" for key in keys[:limit])
+        if len(keys) > limit:
+            lines.append(f"  … and {len(keys) - limit} more: {hint}")
+    return lines
+
+
+def device_list_lines(title: str, keys: Sequence[str], limit: int = LISTED_PER_CODE) -> list[str]:
+    """`title (N):` then up to `limit` keys, then how many more."""
+    if not keys:
+        return []
+    ordered = sorted(keys)
+    lines = [f"{title} ({len(ordered)}):", *(f"  {key}" for key in ordered[:limit])]
+    if len(ordered) > limit:
+        lines.append(f"  … and {len(ordered) - limit} more")
     return lines

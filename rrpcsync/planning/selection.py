@@ -3,12 +3,15 @@ and the record filters of `state list`."""
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from rrpcsync.manifests.selectors import Requirement, parse_selector
-from rrpcsync.model import DeviceRecord, Status
+from rrpcsync.model import DesiredDevice, DeviceRecord, Status
+
+SUGGESTION_POOL = 20_000  # keys compared for a did-you-mean (difflib is quadratic-ish)
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,12 +22,14 @@ class Selection:
     excludes: tuple[str, ...] = ()
     selectors: tuple[tuple[Requirement, ...], ...] = ()
     keys: frozenset[str] | None = None  # only these devices (`--only-failed`); None: any
+    selector_texts: tuple[str, ...] = ()  # the --selector values as given, for messages
 
     @classmethod
     def from_options(
         cls, targets: Sequence[str], excludes: Sequence[str], selectors: Sequence[str]
     ) -> Selection:
-        return cls(tuple(targets), tuple(excludes), tuple(parse_selector(s) for s in selectors))
+        parsed = tuple(parse_selector(s) for s in selectors)
+        return cls(tuple(targets), tuple(excludes), parsed, selector_texts=tuple(selectors))
 
     @property
     def everything(self) -> bool:
@@ -84,3 +89,81 @@ class RecordFilter:
 
 def _any_glob(text: str, globs: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(text, glob) for glob in globs)
+
+
+# --------------------------------------------------------------------------- typos
+
+
+def unmatched(
+    selection: Selection, desired: Sequence[DesiredDevice], recorded: Iterable[str] = ()
+) -> list[str]:
+    """One message per --target/--exclude pattern and --selector that selects no device.
+
+    A key pattern may also match a recorded device that is no longer declared (an orphan, for
+    `--prune`). In CI a typo must fail the run, not pass green with nothing selected.
+    """
+    if selection.everything:
+        return []
+    keys = [device.key for device in desired]
+    declared = set(keys)
+    known = [*keys, *(key for key in recorded if key not in declared)]
+    problems = []
+    for option, patterns in (("--target", selection.targets), ("--exclude", selection.excludes)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(key, pattern) for key in known):
+                problems.append(_with_hint(f"{option} {pattern!r}", _key_hint(pattern, known)))
+    texts = selection.selector_texts or tuple(str(s) for s in selection.selectors)
+    for text, requirements in zip(texts, selection.selectors, strict=False):
+        if not any(all(r.matches(d.labels) for r in requirements) for d in desired):
+            problems.append(_with_hint(f"--selector {text!r}", _label_hint(requirements, desired)))
+    return problems
+
+
+def _with_hint(what: str, hint: str | None) -> str:
+    text = f"{what} matches no declared device"
+    return f"{text}; did you mean {hint}?" if hint else text
+
+
+def _key_hint(pattern: str, keys: Sequence[str]) -> str | None:
+    """The product ID, else the key, closest to a pattern that matched nothing."""
+    product, _, device = pattern.partition("/")
+    products = sorted({key.partition("/")[0] for key in keys})
+    if not any(fnmatch.fnmatchcase(name, product) for name in products):
+        close = difflib.get_close_matches(product, products, n=1)
+        if close:
+            return close[0] if not device else f"{close[0]}/{device}"
+    pool = [key for key in keys if fnmatch.fnmatchcase(key.partition("/")[0], product)] or keys
+    close = difflib.get_close_matches(pattern, pool[:SUGGESTION_POOL], n=1)
+    return close[0] if close else None
+
+
+def _label_hint(
+    requirements: Sequence[Requirement], desired: Sequence[DesiredDevice]
+) -> str | None:
+    """A requirement with a near-miss label key or value: `site=shanghai` for `site=shanghia`."""
+    values: dict[str, set[str]] = {}
+    for device in desired:
+        for key, value in device.labels.items():
+            values.setdefault(key, set()).add(value)
+    for req in requirements:
+        if req.op in ("notin", "!exists"):
+            continue
+        if req.key not in values:
+            close = difflib.get_close_matches(req.key, sorted(values), n=1)
+            if close:
+                return _requirement_text(req, close[0], sorted(req.values))
+            continue
+        missing = sorted(v for v in req.values if v not in values[req.key])
+        if req.op == "in" and missing and len(req.values) == len(missing):
+            close = difflib.get_close_matches(missing[0], sorted(values[req.key]), n=1)
+            if close:
+                return _requirement_text(req, req.key, [close[0]])
+    return None
+
+
+def _requirement_text(req: Requirement, key: str, values: Sequence[str]) -> str:
+    if req.op == "exists":
+        return key
+    if len(values) == 1:
+        return f"{key}={values[0]}"
+    return f"{key} in ({','.join(values)})"

@@ -14,6 +14,7 @@ import base64
 import dataclasses
 import random
 import signal
+import sys
 import time
 import uuid
 from collections import Counter
@@ -59,6 +60,7 @@ class ApplyReport:
     elapsed: float = 0.0
     blocked: list[str] = field(default_factory=list)  # not sent: a dependency had failures
     aborted: str | None = None  # why a rollout stopped early (rollout.py)
+    endpoint_broken: bool = False  # `fatal` is the connection failure that stopped the run
 
     @property
     def failures_by_code(self) -> Counter[str]:
@@ -165,6 +167,35 @@ def failed_record(
         last_error=error,
         manifest=change.manifest,
     )
+
+
+def never_reached(result: ApiResult) -> bool:
+    """The request never reached the cloud: connection refused, DNS, TLS, proxy (aiohttp maps
+    them all to a connect error), or TLS verification (Transport.CertificateError)."""
+    return result.code in UNREACHED_CODES
+
+
+UNREACHED_CODES = frozenset({"Transport.ConnectError", "Transport.CertificateError"})
+
+
+def broken_after(options: ApplyOptions) -> int:
+    """Consecutive unreached requests, with no answer between, that mean a broken endpoint.
+
+    At least one full round of the workers in flight, so one bad connection does not stop a
+    run, and never many more: the run stops within about two rounds.
+    """
+    return max(3, options.parallelism)
+
+
+def keeps_previous(result: ApiResult, reached: bool) -> bool:
+    """Results about the run, not the device: the device keeps its previous record.
+
+    A fatal answer (the token or the account was refused), or a device none of whose requests
+    reached the cloud.
+    """
+    if result.ok:
+        return False
+    return result.error_class is ErrorClass.FATAL or not reached
 
 
 # --------------------------------------------------------------------------- pacing
@@ -298,6 +329,10 @@ class Executor:
         self.report = ApplyReport(total=len(changes))
         self.stopping = False  # no new dispatch (fatal error or first interrupt)
         self.results: dict[str, DeviceRecord] = {}
+        self.forgotten: set[str] = set()  # no record before, none after: never reached
+        self.in_flight = 0
+        self.unreached_streak = 0  # consecutive requests that never reached the cloud
+        self.broken_after = broken_after(options)
         self.recording: set[asyncio.Future[None]] = set()
         # sees each final outcome at once (before it is durable): rollout abort criteria
         self.on_result: Callable[[Change, ApiResult], None] | None = None
@@ -326,6 +361,12 @@ class Executor:
     def stop(self) -> None:
         self.stopping = True
 
+    def merge_into(self, state: State) -> None:
+        """The outcomes into the in-memory state (the recorder already holds them)."""
+        state.devices.update(self.results)
+        for key in self.forgotten:
+            state.devices.pop(key, None)
+
     def _account_unsent(self, queue: asyncio.Queue[Change]) -> None:
         while not queue.empty():
             self.report.not_sent.append(queue.get_nowait().key)
@@ -344,6 +385,7 @@ class Executor:
         previous = self.state.devices.get(key)
         product_id, _, device_name = key.partition("/")
         attempts = resends = 0
+        reached = False  # some request of this device got an answer (or may have)
         while True:
             attempts += 1
             request_id = str(uuid.uuid4())
@@ -359,16 +401,24 @@ class Executor:
             self.results[key] = pending  # outcome unknown until the reply is journaled
             assert change.payload is not None
             self.report.requests += 1
-            result = resend_class(
-                await self.publisher.publish(product_id, device_name, change.payload, request_id),
-                resends,
-            )
+            self.in_flight += 1
+            try:
+                result = resend_class(
+                    await self.publisher.publish(
+                        product_id, device_name, change.payload, request_id
+                    ),
+                    resends,
+                )
+            finally:
+                self.in_flight -= 1
             if result.error_class is ErrorClass.RESEND:
                 # The token was refused (the device never saw the request) and a new one is
                 # ready: send again; not an attempt (docs/auth.md).
                 attempts -= 1
                 resends += 1
                 continue
+            reached = reached or not never_reached(result)
+            self._watch_endpoint(result)
             if not should_retry(result, attempts, self.options, self.stopping):
                 break
             await wait_before_retry(attempts, result, self.options, self.limiter)
@@ -376,7 +426,18 @@ class Executor:
                 break
         if result.ok and change.expect is not None:
             result = checked_reply(change, result)
-        self._record(change, previous, result, attempts)
+        self._record(change, previous, result, attempts, reached)
+
+    def _watch_endpoint(self, result: ApiResult) -> None:
+        """Stop the run once `broken_after` requests in a row never reached the cloud."""
+        if not never_reached(result):
+            self.unreached_streak = 0
+            return
+        self.unreached_streak += 1
+        if self.unreached_streak >= self.broken_after and self.report.fatal is None:
+            self.report.fatal = result
+            self.report.endpoint_broken = True
+            self.stop()
 
     def _never_sent(self, key: str, previous: DeviceRecord | None) -> None:
         """Stopped before a request reached the device: its previous record stands."""
@@ -386,12 +447,20 @@ class Executor:
             self.results[key] = previous
 
     def _record(
-        self, change: Change, previous: DeviceRecord | None, result: ApiResult, attempts: int
+        self,
+        change: Change,
+        previous: DeviceRecord | None,
+        result: ApiResult,
+        attempts: int,
+        reached: bool = True,
     ) -> None:
         """Journal the outcome; the worker moves on while the fsync (batched) completes."""
         if result.error_class is ErrorClass.FATAL and self.report.fatal is None:
             self.report.fatal = result
             self.stop()
+        if keeps_previous(result, reached):
+            self._keep_previous(change.key, previous, result)
+            return
         if result.ok:
             record = applied_record(change, result, attempts)
         else:
@@ -401,6 +470,25 @@ class Executor:
         task = asyncio.ensure_future(self._count_when_durable(change.key, record, result))
         self.recording.add(task)
         task.add_done_callback(self.recording.discard)
+
+    def _keep_previous(self, key: str, previous: DeviceRecord | None, result: ApiResult) -> None:
+        """Not the device's outcome: its record goes back to what it was before the run."""
+        self.report.not_sent.append(key)
+        if previous is None:
+            self.results.pop(key, None)
+            self.forgotten.add(key)
+            self.progress.result(key, False, result.code)
+            return
+        self.results[key] = previous
+        task = asyncio.ensure_future(self._restore_when_durable(key, previous, result))
+        self.recording.add(task)
+        task.add_done_callback(self.recording.discard)
+
+    async def _restore_when_durable(
+        self, key: str, previous: DeviceRecord, result: ApiResult
+    ) -> None:
+        await self.commit.write(key, previous)  # a later replay must not see it pending
+        self.progress.result(key, False, result.code)
 
     async def _count_when_durable(self, key: str, record: DeviceRecord, result: ApiResult) -> None:
         await self.commit.write(key, record)  # on disk before the device counts as done
@@ -477,7 +565,7 @@ async def _run(
             except asyncio.CancelledError:
                 report = executor.report
                 report.interrupted = True
-        state.devices.update(executor.results)
+        executor.merge_into(state)
     sink.finished()
     return report
 
@@ -487,36 +575,60 @@ class Stoppable(Protocol):
 
     report: ApplyReport
 
+    @property
+    def in_flight(self) -> int: ...
+
     def stop(self) -> None: ...
+
+
+def _to_stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 class InterruptHandlers:
     """First SIGINT/SIGTERM: stop dispatching, let in-flight finish. Second: cancel in-flight."""
 
-    def __init__(self, executor: Stoppable, task: asyncio.Future[ApplyReport]) -> None:
+    def __init__(
+        self,
+        executor: Stoppable,
+        task: asyncio.Future[ApplyReport],
+        say: Callable[[str], None] = _to_stderr,
+    ) -> None:
         self.executor = executor
         self.task = task
+        self.say = say
         self.count = 0
-        self.installed: list[signal.Signals] = []
+        self.installed: list[tuple[signal.Signals, object]] = []
 
     def __enter__(self) -> InterruptHandlers:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
+                before = signal.getsignal(signum)
                 loop.add_signal_handler(signum, self._handle)
-                self.installed.append(signum)
+                self.installed.append((signum, before))
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread (tests) or not supported
         return self
 
     def __exit__(self, *exc: object) -> None:
         loop = asyncio.get_running_loop()
-        for signum in self.installed:
+        for signum, before in self.installed:
             loop.remove_signal_handler(signum)
+            if callable(before) or before in (signal.SIG_DFL, signal.SIG_IGN):
+                signal.signal(signum, before)  # type: ignore[arg-type]  # the caller's again
 
     def _handle(self) -> None:
         self.count += 1
         self.executor.report.interrupted = True
         self.executor.stop()
         if self.count > 1:
+            self.say("interrupted again: abandoning the requests in flight")
             self.task.cancel()
+            return
+        waiting = self.executor.in_flight
+        noun = "request" if waiting == 1 else "requests"
+        self.say(
+            f"interrupted: waiting for {waiting} in-flight {noun} (Ctrl-C again to abandon them)"
+        )

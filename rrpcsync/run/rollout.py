@@ -170,6 +170,10 @@ class Rollout:
         self.stopping = False
         self.reason: str | None = None  # why the rollout was aborted
 
+    @property
+    def in_flight(self) -> int:
+        return self.current.in_flight if self.current is not None else 0
+
     def stop(self) -> None:
         """First SIGINT/SIGTERM: no new dispatch, in this step or any later one."""
         self.stopping = True
@@ -242,7 +246,7 @@ class Rollout:
             executor.report.interrupted = True
         finally:
             self.current = None
-            self.state.devices.update(executor.results)
+            executor.merge_into(self.state)
             self._merge(executor.report)
         if step.canary and not self.halted:
             self._check_canary(step)
@@ -268,7 +272,8 @@ class Rollout:
         report.not_sent.extend(part.not_sent)
         report.unknown.extend(part.unknown)
         report.requests += part.requests
-        report.fatal = report.fatal or part.fatal
+        if report.fatal is None and part.fatal is not None:
+            report.fatal, report.endpoint_broken = part.fatal, part.endpoint_broken
         report.interrupted = report.interrupted or part.interrupted
 
 
