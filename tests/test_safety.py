@@ -76,6 +76,7 @@ def records(path: Path) -> dict[str, Any]:
         ("--target", "P1/d00"),
         ("--exclude", "P1/d00"),
         ("--selector", "site=x"),
+        ("--only-failed",),
         ("--prune",),
         ("--refresh",),
         ("--resync-after", "1d"),
@@ -467,6 +468,8 @@ def test_an_active_selection_is_said_in_the_plan_summary(
     fleet(env, names(10))
     planned = run(capsys, "plan", "configs", "--target", "P1/d0[0-2]", "--format", "json")
     assert json.loads(planned.out)["selection"] == {"selected": 3, "declared": 10}
+    markdown = run(capsys, "plan", "configs", "--target", "P1/d0[0-2]", "--format", "markdown")
+    assert "**Selection:** 3 of 10 declared devices." in markdown.out
     applied = cli(capsys, emu, "apply", "configs", "--target", "P1/d0[0-2]")
     assert applied.code == 0
     assert (
