@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 from rrpcsync import __version__
@@ -116,10 +117,12 @@ def test_schema_command_prints_the_packaged_schema(capsys: pytest.CaptureFixture
 def test_every_command_has_examples_in_help(capsys: pytest.CaptureFixture[str]) -> None:
     from rrpcsync.cli import cli
 
-    def walk(group: object, prefix: list[str]) -> list[list[str]]:
+    def walk(command: click.Command | None, prefix: list[str]) -> list[list[str]]:
         found = [prefix]
-        for name, command in getattr(group, "commands", {}).items():
-            found.extend(walk(command, [*prefix, name]))
+        if isinstance(command, click.Group):  # commands load when looked up
+            ctx = click.Context(command)
+            for name in command.list_commands(ctx):
+                found.extend(walk(command.get_command(ctx, name), [*prefix, name]))
         return found
 
     for path in walk(cli, []):

@@ -16,8 +16,13 @@ DOCS = README + "".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "d
 
 
 def commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    """Every command, loaded through click's lookup (the CLI imports a command's module only
+    when the command is looked up)."""
     found = []
-    for name, command in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         full = f"{prefix}{name}"
         found.append((full, command))
         if isinstance(command, click.Group):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -13,6 +14,34 @@ import click
 from rrpcsync import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+# Each command's module under rrpcsync/cli/, imported only when the command is looked up, so
+# `rrpcsync --version` (and every command) loads only what it uses. A new command is a new
+# module plus a line here; tests/test_cli_lazy.py checks this table against the modules.
+COMMAND_MODULES = {
+    "apply": "apply",
+    "demo": "tools",
+    "drift": "plan",
+    "emulator": "tools",
+    "login": "login",
+    "plan": "plan",
+    "schema": "validate",
+    "state": "state",
+    "validate": "validate",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose commands register themselves (`@cli.command`) when their module is
+    imported, which happens the first time click looks the command up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(f"rrpcsync.cli.{COMMAND_MODULES[cmd_name]}")
+        return self.commands.get(cmd_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +81,7 @@ def examples(*lines: str) -> str:
 
 
 @click.group(
+    cls=LazyGroup,
     context_settings=CONTEXT,
     epilog=examples(
         "rrpcsync validate configs/",
