@@ -132,11 +132,17 @@ def schema() -> dict[str, Any]:
 
 
 @cache
-def _fast_validator() -> Callable[[Any], Any]:
+def _fast_validator() -> tuple[Callable[[Any], Any], type[Exception]]:
+    """The validator compiled ahead of time (scripts/compile_schema.py), or compiled now if
+    the schema changed since; and the exception it raises."""
+    from rrpcsync.manifests.schema import compiled
+
+    if sha256_text(schema_text()) == compiled.SCHEMA_SHA256:
+        shipped: Callable[[Any], Any] = compiled.validate
+        return shipped, compiled.JsonSchemaValueException
     import fastjsonschema
 
-    compiled: Callable[[Any], Any] = fastjsonschema.compile(schema())
-    return compiled
+    return fastjsonschema.compile(schema()), fastjsonschema.JsonSchemaException
 
 
 @cache
@@ -147,11 +153,10 @@ def _full_validator() -> Any:
 
 
 def _is_valid_fast(document: Any) -> bool:
-    import fastjsonschema
-
+    validate, invalid = _fast_validator()
     try:
-        _fast_validator()(document)
-    except fastjsonschema.JsonSchemaException:
+        validate(document)
+    except invalid:
         return False
     return True
 
