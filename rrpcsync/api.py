@@ -32,14 +32,16 @@ from rrpcsync.model import (
     Status,
     Summary,
 )
-from rrpcsync.planning.planner import make_plan
 from rrpcsync.planning.selection import RecordFilter, Selection, failed_keys, unmatched
-from rrpcsync.state import RunRecord, State, StateStore, open_store, utc_now
 
 if TYPE_CHECKING:
     from rrpcsync.cloud.client import RrpcClient
     from rrpcsync.cloud.tokens import TokenSource
     from rrpcsync.run.executor import ApplyOptions, ApplyReport, ProgressSink
+    from rrpcsync.state import RunRecord, State, StateStore
+
+# The state stores and the planner are imported by the functions that use them, so that
+# `rrpcsync validate` loads neither (docs/performance.md, start-up).
 
 __all__ = [
     "NEW_STATE",
@@ -171,6 +173,13 @@ class SendLimit:
 # --------------------------------------------------------------------------- validate / plan
 
 
+def open_store(spec: str) -> StateStore:
+    """The store named by a `--state` value (`rrpcsync.state.open_store`)."""
+    from rrpcsync import state
+
+    return state.open_store(spec)
+
+
 def validate_manifests(paths: Sequence[str] = ()) -> LoadResult:
     """Load and check manifests; any problem raises ManifestError carrying every diagnostic."""
     result = loader.load_manifests(paths or DEFAULT_PATHS)
@@ -198,6 +207,8 @@ def plan_manifests(
     With `drift`, devices are first probed (`connection`/`sending` say how) and `drift` changes
     planned; `record_observations` (apply) keeps what they reported in the loaded state.
     """
+    from rrpcsync.planning.planner import make_plan
+
     selection = selection or Selection()
     _refuse_saved_plan(paths, "plan")
     desired, state = loader.load_manifests_while(paths or DEFAULT_PATHS, store.load)
@@ -501,6 +512,8 @@ def apply_manifests(
     exactly as saved: selection, prune and drift options are refused with it (UsageError);
     the sending and rollout options apply to it as to any plan.
     """
+    from rrpcsync.state import utc_now
+
     sender = _Sender(connection or Connection(), sending, progress, say)
     started = utc_now()
     plan_file = saved_plan_path(paths)
@@ -629,6 +642,8 @@ def prune_orphans(the_plan: Plan, state: State) -> list[str]:
 
 def _run_record(command: str, started: str, report: ApplyReport, state: State) -> RunRecord:
     from collections import Counter
+
+    from rrpcsync.state import RunRecord, utc_now
 
     counts = Counter(record.status.value for record in state.devices.values())
     return RunRecord(

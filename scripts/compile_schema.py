@@ -11,6 +11,7 @@ fails), and its own exception class, so importing it does not import fastjsonsch
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import re
@@ -52,8 +53,24 @@ def generate(schema_text: str) -> str:
         f'SCHEMA_SHA256 = "{digest}"\n'
         f'FASTJSONSCHEMA_VERSION = "{fastjsonschema.VERSION}"\n'
     )
-    body = code.replace(IMPORT_LINE, EXCEPTION.lstrip("\n"))
+    body = _without_definitions(code.replace(IMPORT_LINE, EXCEPTION.lstrip("\n")))
     return f"{header}{body.rstrip()}\n\n\nvalidate = {root[1]}\n"
+
+
+class _DropDefinitions(ast.NodeTransformer):
+    """Errors need no copy of the schema part they break (the loader only asks whether a
+    document is valid; jsonschema explains why not): a third of the code, and a dict built
+    on every failed `anyOf` branch."""
+
+    def visit_Call(self, node: ast.Call) -> ast.Call:
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id == "JsonSchemaValueException":
+            node.keywords = [k for k in node.keywords if k.arg != "definition"]
+        return node
+
+
+def _without_definitions(code: str) -> str:
+    return ast.unparse(_DropDefinitions().visit(ast.parse(code))) + "\n"
 
 
 def main() -> int:

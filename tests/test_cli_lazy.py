@@ -7,11 +7,14 @@ import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 
 import rrpcsync.cli
 from rrpcsync.cli.app import COMMAND_MODULES, cli
+
+from .helpers import manifest_text, write
 
 HEAVY = ("yaml", "httpx", "aiohttp", "jsonschema", "fastjsonschema", "rrpcsync.api")
 
@@ -58,3 +61,12 @@ def test_unknown_commands_are_still_usage_errors() -> None:
     ctx = click.Context(cli)
     assert cli.get_command(ctx, "nope") is None
     assert "nope" not in cli.list_commands(ctx)
+
+
+def test_validate_loads_no_state_store_planner_or_http_client(tmp_path: Path) -> None:
+    manifest = write(tmp_path / "m.yaml", manifest_text())
+    loaded = imported_after("-q", "validate", str(manifest))
+    assert "rrpcsync.manifests.loader" in loaded
+    unwanted = ("rrpcsync.state", "rrpcsync.planning.planner", "rrpcsync.run", "rrpcsync.cloud")
+    assert [name for name in loaded if name.startswith(unwanted)] == []
+    assert [name for name in loaded if name.split(".")[0] in HEAVY[1:5]] == []

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
-from dataclasses import dataclass
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 import click
 
@@ -44,8 +42,7 @@ class LazyGroup(click.Group):
         return self.commands.get(cmd_name)
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(NamedTuple):  # not a dataclass: `--version` imports neither it nor logging
     verbose: int
     quiet: bool
     color: bool
@@ -107,6 +104,8 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, color: str) -> None:
     Manifests (YAML) declare the payload each device must have; `plan` shows what
     would be sent, `apply` sends it and records each device's reply in the state file.
     """
+    import logging
+
     ctx.obj = Settings(verbose, quiet and not verbose, use_color(color, sys.stdout))
     # -v: rrpcsync's own debug log (requests with the token as ***); -vv: libraries' too
     root_level = logging.DEBUG if verbose >= 2 else logging.WARNING

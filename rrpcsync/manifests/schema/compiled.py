@@ -2,417 +2,422 @@
 # ruff: noqa
 SCHEMA_SHA256 = "99f79c9b7355f309d8b05ea59034ab7de51bb41306b1477955b3ee7ba9686600"
 FASTJSONSCHEMA_VERSION = "2.22.3"
-VERSION = "2.22.3"
+VERSION = '2.22.3'
 from decimal import Decimal
 import re
+
 class JsonSchemaValueException(ValueError):
     """A document does not match the schema."""
 
     def __init__(self, message, value=None, name=None, definition=None, rule=None):
         super().__init__(message)
-        self.message, self.value, self.name, self.rule = message, value, name, rule
-
+        self.message, self.value, self.name, self.rule = (message, value, name, rule)
 
 class JsonSchemaValuesException(JsonSchemaValueException):
     """Only named in `except` clauses (raised by fastjsonschema without fast_fail)."""
-
-
-REGEX_PATTERNS = {
-    '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$': re.compile('^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?\\Z'),
-    '^[A-Za-z0-9_:.\\-]{1,48}$': re.compile('^[A-Za-z0-9_:.\\-]{1,48}\\Z'),
-    '^[0-9]+(\\.[0-9]+)?%$': re.compile('^[0-9]+(\\.[0-9]+)?%\\Z'),
-    '^[A-Za-z0-9]{1,32}$': re.compile('^[A-Za-z0-9]{1,32}\\Z'),
-    '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$': re.compile('^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?\\Z')
-}
-
+REGEX_PATTERNS = {'^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$': re.compile('^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?\\Z'), '^[A-Za-z0-9_:.\\-]{1,48}$': re.compile('^[A-Za-z0-9_:.\\-]{1,48}\\Z'), '^[0-9]+(\\.[0-9]+)?%$': re.compile('^[0-9]+(\\.[0-9]+)?%\\Z'), '^[A-Za-z0-9]{1,32}$': re.compile('^[A-Za-z0-9]{1,32}\\Z'), '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$': re.compile('^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?\\Z')}
 NoneType = type(None)
 
 def validate_https___rrpcsync_dev_schema_manifest_schema_json(data, custom_formats={}, name_prefix=None):
-    if not isinstance(data, (dict)):
-        raise JsonSchemaValueException("" + (name_prefix or "data") + " must be object", value=data, name="" + (name_prefix or "data") + "", definition={'$schema': 'https://json-schema.org/draft/2020-12/schema', '$id': 'https://rrpcsync.dev/schema/manifest.schema.json', 'title': 'rrpcsync DeviceConfig manifest (rrpcsync/v1)', 'description': 'Declares the RRPC payload every listed device must have.', 'type': 'object', 'additionalProperties': False, 'required': ['apiVersion', 'kind', 'metadata', 'spec'], 'properties': {'apiVersion': {'const': 'rrpcsync/v1', 'description': 'Manifest format version.'}, 'kind': {'const': 'DeviceConfig'}, 'metadata': {'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$', 'description': "Unique across all manifests (lowercase letters, digits, '-', '.', '_'; at most 63)."}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'description': {'type': 'string'}}}, 'spec': {'type': 'object', 'additionalProperties': False, 'required': ['productId', 'devices'], 'properties': {'productId': {'type': 'string', 'pattern': '^[A-Za-z0-9]{1,32}$'}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, 'priority': {'type': 'integer', 'description': 'Higher goes first within a dependency level (default 0).'}, 'dependsOn': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'}, 'description': "Manifests (metadata.name) whose devices must all be applied, without failures, before this one's are sent."}, 'rollout': {'type': 'object', 'additionalProperties': False, 'description': "Staging and abort criteria for this manifest's devices (apply flags override).", 'properties': {'canary': {'type': 'integer', 'minimum': 0, 'description': 'Devices sent first; the rest only if all succeed.'}, 'waves': {'type': 'array', 'minItems': 1, 'items': {'$ref': 'https://rrpcsync.dev/schema/manifest.schema.json#/$defs/wave'}}, 'maxFailures': {'type': 'integer', 'minimum': 0, 'description': 'Failures tolerated; one more aborts the run.'}, 'maxFailureRate': {'type': 'number', 'minimum': 0, 'maximum': 100, 'description': 'Percent of results; above it aborts the run.'}, 'minSample': {'type': 'integer', 'minimum': 1, 'description': 'Results needed before maxFailureRate applies (default 20).'}}}, 'probe': {'type': 'object', 'additionalProperties': False, 'description': 'Drift probe (rrpcsync plan/apply --refresh, rrpcsync drift): asks each device for the config it holds, compared with its payload.', 'properties': {'payload': {'description': 'What to send (default {method: get_config}): a mapping or list as canonical JSON, a string verbatim.', 'type': ['object', 'array', 'string']}, 'pointer': {'type': 'string', 'description': 'JSON pointer to the config inside the JSON reply, e.g. /config; empty: the whole reply.'}, 'ignore': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string'}, 'description': 'JSON pointers, relative to the desired payload, that the device owns: not compared.'}}}, 'devices': {'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, {'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'anyOf': [{'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, {'type': 'null'}], 'description': 'Replaces spec.expect for this device; null: no reply check.'}}}]}}}}}, '$defs': {'productId': {'type': 'string', 'pattern': '^[A-Za-z0-9]{1,32}$'}, 'deviceName': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'manifestName': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'}, 'probe': {'type': 'object', 'additionalProperties': False, 'description': 'Drift probe (rrpcsync plan/apply --refresh, rrpcsync drift): asks each device for the config it holds, compared with its payload.', 'properties': {'payload': {'description': 'What to send (default {method: get_config}): a mapping or list as canonical JSON, a string verbatim.', 'type': ['object', 'array', 'string']}, 'pointer': {'type': 'string', 'description': 'JSON pointer to the config inside the JSON reply, e.g. /config; empty: the whole reply.'}, 'ignore': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string'}, 'description': 'JSON pointers, relative to the desired payload, that the device owns: not compared.'}}}, 'jsonPointer': {'type': 'string', 'description': 'RFC 6901 JSON pointer: empty (the whole document) or /key/0/key; ~0 is ~, ~1 is /.'}, 'expect': {'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'type': 'string', 'description': 'RFC 6901 JSON pointer: empty (the whole document) or /key/0/key; ~0 is ~, ~1 is /.'}}]}}}, 'wave': {'anyOf': [{'type': 'integer', 'minimum': 1}, {'type': 'string', 'pattern': '^[0-9]+(\\.[0-9]+)?%$'}], 'description': "Cumulative: a device count (25) or a percentage of the devices to send ('10%')."}, 'rollout': {'type': 'object', 'additionalProperties': False, 'description': "Staging and abort criteria for this manifest's devices (apply flags override).", 'properties': {'canary': {'type': 'integer', 'minimum': 0, 'description': 'Devices sent first; the rest only if all succeed.'}, 'waves': {'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'integer', 'minimum': 1}, {'type': 'string', 'pattern': '^[0-9]+(\\.[0-9]+)?%$'}], 'description': "Cumulative: a device count (25) or a percentage of the devices to send ('10%')."}}, 'maxFailures': {'type': 'integer', 'minimum': 0, 'description': 'Failures tolerated; one more aborts the run.'}, 'maxFailureRate': {'type': 'number', 'minimum': 0, 'maximum': 100, 'description': 'Percent of results; above it aborts the run.'}, 'minSample': {'type': 'integer', 'minimum': 1, 'description': 'Results needed before maxFailureRate applies (default 20).'}}}}}, rule='type')
+    if not isinstance(data, dict):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be object', value=data, name='' + (name_prefix or 'data') + '', rule='type')
     data_is_dict = isinstance(data, dict)
     if data_is_dict:
         data__missing_keys = set(['apiVersion', 'kind', 'metadata', 'spec']) - data.keys()
         if data__missing_keys:
-            raise JsonSchemaValueException("" + (name_prefix or "data") + " must contain " + (str(sorted(data__missing_keys)) + " properties"), value=data, name="" + (name_prefix or "data") + "", definition={'$schema': 'https://json-schema.org/draft/2020-12/schema', '$id': 'https://rrpcsync.dev/schema/manifest.schema.json', 'title': 'rrpcsync DeviceConfig manifest (rrpcsync/v1)', 'description': 'Declares the RRPC payload every listed device must have.', 'type': 'object', 'additionalProperties': False, 'required': ['apiVersion', 'kind', 'metadata', 'spec'], 'properties': {'apiVersion': {'const': 'rrpcsync/v1', 'description': 'Manifest format version.'}, 'kind': {'const': 'DeviceConfig'}, 'metadata': {'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$', 'description': "Unique across all manifests (lowercase letters, digits, '-', '.', '_'; at most 63)."}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'description': {'type': 'string'}}}, 'spec': {'type': 'object', 'additionalProperties': False, 'required': ['productId', 'devices'], 'properties': {'productId': {'type': 'string', 'pattern': '^[A-Za-z0-9]{1,32}$'}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, 'priority': {'type': 'integer', 'description': 'Higher goes first within a dependency level (default 0).'}, 'dependsOn': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'}, 'description': "Manifests (metadata.name) whose devices must all be applied, without failures, before this one's are sent."}, 'rollout': {'type': 'object', 'additionalProperties': False, 'description': "Staging and abort criteria for this manifest's devices (apply flags override).", 'properties': {'canary': {'type': 'integer', 'minimum': 0, 'description': 'Devices sent first; the rest only if all succeed.'}, 'waves': {'type': 'array', 'minItems': 1, 'items': {'$ref': 'https://rrpcsync.dev/schema/manifest.schema.json#/$defs/wave'}}, 'maxFailures': {'type': 'integer', 'minimum': 0, 'description': 'Failures tolerated; one more aborts the run.'}, 'maxFailureRate': {'type': 'number', 'minimum': 0, 'maximum': 100, 'description': 'Percent of results; above it aborts the run.'}, 'minSample': {'type': 'integer', 'minimum': 1, 'description': 'Results needed before maxFailureRate applies (default 20).'}}}, 'probe': {'type': 'object', 'additionalProperties': False, 'description': 'Drift probe (rrpcsync plan/apply --refresh, rrpcsync drift): asks each device for the config it holds, compared with its payload.', 'properties': {'payload': {'description': 'What to send (default {method: get_config}): a mapping or list as canonical JSON, a string verbatim.', 'type': ['object', 'array', 'string']}, 'pointer': {'type': 'string', 'description': 'JSON pointer to the config inside the JSON reply, e.g. /config; empty: the whole reply.'}, 'ignore': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string'}, 'description': 'JSON pointers, relative to the desired payload, that the device owns: not compared.'}}}, 'devices': {'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, {'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'anyOf': [{'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, {'type': 'null'}], 'description': 'Replaces spec.expect for this device; null: no reply check.'}}}]}}}}}, '$defs': {'productId': {'type': 'string', 'pattern': '^[A-Za-z0-9]{1,32}$'}, 'deviceName': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'manifestName': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'}, 'probe': {'type': 'object', 'additionalProperties': False, 'description': 'Drift probe (rrpcsync plan/apply --refresh, rrpcsync drift): asks each device for the config it holds, compared with its payload.', 'properties': {'payload': {'description': 'What to send (default {method: get_config}): a mapping or list as canonical JSON, a string verbatim.', 'type': ['object', 'array', 'string']}, 'pointer': {'type': 'string', 'description': 'JSON pointer to the config inside the JSON reply, e.g. /config; empty: the whole reply.'}, 'ignore': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string'}, 'description': 'JSON pointers, relative to the desired payload, that the device owns: not compared.'}}}, 'jsonPointer': {'type': 'string', 'description': 'RFC 6901 JSON pointer: empty (the whole document) or /key/0/key; ~0 is ~, ~1 is /.'}, 'expect': {'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'type': 'string', 'description': 'RFC 6901 JSON pointer: empty (the whole document) or /key/0/key; ~0 is ~, ~1 is /.'}}]}}}, 'wave': {'anyOf': [{'type': 'integer', 'minimum': 1}, {'type': 'string', 'pattern': '^[0-9]+(\\.[0-9]+)?%$'}], 'description': "Cumulative: a device count (25) or a percentage of the devices to send ('10%')."}, 'rollout': {'type': 'object', 'additionalProperties': False, 'description': "Staging and abort criteria for this manifest's devices (apply flags override).", 'properties': {'canary': {'type': 'integer', 'minimum': 0, 'description': 'Devices sent first; the rest only if all succeed.'}, 'waves': {'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'integer', 'minimum': 1}, {'type': 'string', 'pattern': '^[0-9]+(\\.[0-9]+)?%$'}], 'description': "Cumulative: a device count (25) or a percentage of the devices to send ('10%')."}}, 'maxFailures': {'type': 'integer', 'minimum': 0, 'description': 'Failures tolerated; one more aborts the run.'}, 'maxFailureRate': {'type': 'number', 'minimum': 0, 'maximum': 100, 'description': 'Percent of results; above it aborts the run.'}, 'minSample': {'type': 'integer', 'minimum': 1, 'description': 'Results needed before maxFailureRate applies (default 20).'}}}}}, rule='required')
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
         data_keys = set(data.keys())
-        if "apiVersion" in data_keys:
-            data_keys.remove("apiVersion")
-            data__apiVersion = data["apiVersion"]
+        if 'apiVersion' in data_keys:
+            data_keys.remove('apiVersion')
+            data__apiVersion = data['apiVersion']
             if not (isinstance(data__apiVersion, str) and data__apiVersion == 'rrpcsync/v1'):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".apiVersion must be same as const definition: rrpcsync/v1", value=data__apiVersion, name="" + (name_prefix or "data") + ".apiVersion", definition={'const': 'rrpcsync/v1', 'description': 'Manifest format version.'}, rule='const')
-        if "kind" in data_keys:
-            data_keys.remove("kind")
-            data__kind = data["kind"]
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.apiVersion must be same as const definition: rrpcsync/v1', value=data__apiVersion, name='' + (name_prefix or 'data') + '.apiVersion', rule='const')
+        if 'kind' in data_keys:
+            data_keys.remove('kind')
+            data__kind = data['kind']
             if not (isinstance(data__kind, str) and data__kind == 'DeviceConfig'):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".kind must be same as const definition: DeviceConfig", value=data__kind, name="" + (name_prefix or "data") + ".kind", definition={'const': 'DeviceConfig'}, rule='const')
-        if "metadata" in data_keys:
-            data_keys.remove("metadata")
-            data__metadata = data["metadata"]
-            if not isinstance(data__metadata, (dict)):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".metadata must be object", value=data__metadata, name="" + (name_prefix or "data") + ".metadata", definition={'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$', 'description': "Unique across all manifests (lowercase letters, digits, '-', '.', '_'; at most 63)."}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'description': {'type': 'string'}}}, rule='type')
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.kind must be same as const definition: DeviceConfig', value=data__kind, name='' + (name_prefix or 'data') + '.kind', rule='const')
+        if 'metadata' in data_keys:
+            data_keys.remove('metadata')
+            data__metadata = data['metadata']
+            if not isinstance(data__metadata, dict):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.metadata must be object', value=data__metadata, name='' + (name_prefix or 'data') + '.metadata', rule='type')
             data__metadata_is_dict = isinstance(data__metadata, dict)
             if data__metadata_is_dict:
                 data__metadata__missing_keys = set(['name']) - data__metadata.keys()
                 if data__metadata__missing_keys:
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".metadata must contain " + (str(sorted(data__metadata__missing_keys)) + " properties"), value=data__metadata, name="" + (name_prefix or "data") + ".metadata", definition={'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$', 'description': "Unique across all manifests (lowercase letters, digits, '-', '.', '_'; at most 63)."}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'description': {'type': 'string'}}}, rule='required')
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.metadata must contain ' + (str(sorted(data__metadata__missing_keys)) + ' properties'), value=data__metadata, name='' + (name_prefix or 'data') + '.metadata', rule='required')
                 data__metadata_keys = set(data__metadata.keys())
-                if "name" in data__metadata_keys:
-                    data__metadata_keys.remove("name")
-                    data__metadata__name = data__metadata["name"]
-                    if not isinstance(data__metadata__name, (str)):
-                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".metadata.name must be string", value=data__metadata__name, name="" + (name_prefix or "data") + ".metadata.name", definition={'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$', 'description': "Unique across all manifests (lowercase letters, digits, '-', '.', '_'; at most 63)."}, rule='type')
+                if 'name' in data__metadata_keys:
+                    data__metadata_keys.remove('name')
+                    data__metadata__name = data__metadata['name']
+                    if not isinstance(data__metadata__name, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.metadata.name must be string', value=data__metadata__name, name='' + (name_prefix or 'data') + '.metadata.name', rule='type')
                     if isinstance(data__metadata__name, str):
                         if not REGEX_PATTERNS['^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'].search(data__metadata__name):
-                            raise JsonSchemaValueException("" + (name_prefix or "data") + ".metadata.name must match pattern ^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$", value=data__metadata__name, name="" + (name_prefix or "data") + ".metadata.name", definition={'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$', 'description': "Unique across all manifests (lowercase letters, digits, '-', '.', '_'; at most 63)."}, rule='pattern')
-                if "labels" in data__metadata_keys:
-                    data__metadata_keys.remove("labels")
-                    data__metadata__labels = data__metadata["labels"]
-                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_labels(data__metadata__labels, custom_formats, (name_prefix or "data") + ".metadata.labels")
-                if "description" in data__metadata_keys:
-                    data__metadata_keys.remove("description")
-                    data__metadata__description = data__metadata["description"]
-                    if not isinstance(data__metadata__description, (str)):
-                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".metadata.description must be string", value=data__metadata__description, name="" + (name_prefix or "data") + ".metadata.description", definition={'type': 'string'}, rule='type')
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.metadata.name must match pattern ^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$', value=data__metadata__name, name='' + (name_prefix or 'data') + '.metadata.name', rule='pattern')
+                if 'labels' in data__metadata_keys:
+                    data__metadata_keys.remove('labels')
+                    data__metadata__labels = data__metadata['labels']
+                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_labels(data__metadata__labels, custom_formats, (name_prefix or 'data') + '.metadata.labels')
+                if 'description' in data__metadata_keys:
+                    data__metadata_keys.remove('description')
+                    data__metadata__description = data__metadata['description']
+                    if not isinstance(data__metadata__description, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.metadata.description must be string', value=data__metadata__description, name='' + (name_prefix or 'data') + '.metadata.description', rule='type')
                 if data__metadata_keys:
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".metadata must not contain "+str(data__metadata_keys)+" properties", value=data__metadata, name="" + (name_prefix or "data") + ".metadata", definition={'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$', 'description': "Unique across all manifests (lowercase letters, digits, '-', '.', '_'; at most 63)."}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'description': {'type': 'string'}}}, rule='additionalProperties')
-        if "spec" in data_keys:
-            data_keys.remove("spec")
-            data__spec = data["spec"]
-            if not isinstance(data__spec, (dict)):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".spec must be object", value=data__spec, name="" + (name_prefix or "data") + ".spec", definition={'type': 'object', 'additionalProperties': False, 'required': ['productId', 'devices'], 'properties': {'productId': {'type': 'string', 'pattern': '^[A-Za-z0-9]{1,32}$'}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, 'priority': {'type': 'integer', 'description': 'Higher goes first within a dependency level (default 0).'}, 'dependsOn': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'}, 'description': "Manifests (metadata.name) whose devices must all be applied, without failures, before this one's are sent."}, 'rollout': {'type': 'object', 'additionalProperties': False, 'description': "Staging and abort criteria for this manifest's devices (apply flags override).", 'properties': {'canary': {'type': 'integer', 'minimum': 0, 'description': 'Devices sent first; the rest only if all succeed.'}, 'waves': {'type': 'array', 'minItems': 1, 'items': {'$ref': 'https://rrpcsync.dev/schema/manifest.schema.json#/$defs/wave'}}, 'maxFailures': {'type': 'integer', 'minimum': 0, 'description': 'Failures tolerated; one more aborts the run.'}, 'maxFailureRate': {'type': 'number', 'minimum': 0, 'maximum': 100, 'description': 'Percent of results; above it aborts the run.'}, 'minSample': {'type': 'integer', 'minimum': 1, 'description': 'Results needed before maxFailureRate applies (default 20).'}}}, 'probe': {'type': 'object', 'additionalProperties': False, 'description': 'Drift probe (rrpcsync plan/apply --refresh, rrpcsync drift): asks each device for the config it holds, compared with its payload.', 'properties': {'payload': {'description': 'What to send (default {method: get_config}): a mapping or list as canonical JSON, a string verbatim.', 'type': ['object', 'array', 'string']}, 'pointer': {'type': 'string', 'description': 'JSON pointer to the config inside the JSON reply, e.g. /config; empty: the whole reply.'}, 'ignore': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string'}, 'description': 'JSON pointers, relative to the desired payload, that the device owns: not compared.'}}}, 'devices': {'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, {'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'anyOf': [{'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, {'type': 'null'}], 'description': 'Replaces spec.expect for this device; null: no reply check.'}}}]}}}}, rule='type')
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.metadata must not contain ' + str(data__metadata_keys) + ' properties', value=data__metadata, name='' + (name_prefix or 'data') + '.metadata', rule='additionalProperties')
+        if 'spec' in data_keys:
+            data_keys.remove('spec')
+            data__spec = data['spec']
+            if not isinstance(data__spec, dict):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec must be object', value=data__spec, name='' + (name_prefix or 'data') + '.spec', rule='type')
             data__spec_is_dict = isinstance(data__spec, dict)
             if data__spec_is_dict:
                 data__spec__missing_keys = set(['productId', 'devices']) - data__spec.keys()
                 if data__spec__missing_keys:
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".spec must contain " + (str(sorted(data__spec__missing_keys)) + " properties"), value=data__spec, name="" + (name_prefix or "data") + ".spec", definition={'type': 'object', 'additionalProperties': False, 'required': ['productId', 'devices'], 'properties': {'productId': {'type': 'string', 'pattern': '^[A-Za-z0-9]{1,32}$'}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, 'priority': {'type': 'integer', 'description': 'Higher goes first within a dependency level (default 0).'}, 'dependsOn': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'}, 'description': "Manifests (metadata.name) whose devices must all be applied, without failures, before this one's are sent."}, 'rollout': {'type': 'object', 'additionalProperties': False, 'description': "Staging and abort criteria for this manifest's devices (apply flags override).", 'properties': {'canary': {'type': 'integer', 'minimum': 0, 'description': 'Devices sent first; the rest only if all succeed.'}, 'waves': {'type': 'array', 'minItems': 1, 'items': {'$ref': 'https://rrpcsync.dev/schema/manifest.schema.json#/$defs/wave'}}, 'maxFailures': {'type': 'integer', 'minimum': 0, 'description': 'Failures tolerated; one more aborts the run.'}, 'maxFailureRate': {'type': 'number', 'minimum': 0, 'maximum': 100, 'description': 'Percent of results; above it aborts the run.'}, 'minSample': {'type': 'integer', 'minimum': 1, 'description': 'Results needed before maxFailureRate applies (default 20).'}}}, 'probe': {'type': 'object', 'additionalProperties': False, 'description': 'Drift probe (rrpcsync plan/apply --refresh, rrpcsync drift): asks each device for the config it holds, compared with its payload.', 'properties': {'payload': {'description': 'What to send (default {method: get_config}): a mapping or list as canonical JSON, a string verbatim.', 'type': ['object', 'array', 'string']}, 'pointer': {'type': 'string', 'description': 'JSON pointer to the config inside the JSON reply, e.g. /config; empty: the whole reply.'}, 'ignore': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string'}, 'description': 'JSON pointers, relative to the desired payload, that the device owns: not compared.'}}}, 'devices': {'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, {'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'anyOf': [{'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, {'type': 'null'}], 'description': 'Replaces spec.expect for this device; null: no reply check.'}}}]}}}}, rule='required')
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec must contain ' + (str(sorted(data__spec__missing_keys)) + ' properties'), value=data__spec, name='' + (name_prefix or 'data') + '.spec', rule='required')
                 data__spec_keys = set(data__spec.keys())
-                if "productId" in data__spec_keys:
-                    data__spec_keys.remove("productId")
-                    data__spec__productId = data__spec["productId"]
-                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_productid(data__spec__productId, custom_formats, (name_prefix or "data") + ".spec.productId")
-                if "payload" in data__spec_keys:
-                    data__spec_keys.remove("payload")
-                    data__spec__payload = data__spec["payload"]
-                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_payload(data__spec__payload, custom_formats, (name_prefix or "data") + ".spec.payload")
-                if "expect" in data__spec_keys:
-                    data__spec_keys.remove("expect")
-                    data__spec__expect = data__spec["expect"]
-                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_expect(data__spec__expect, custom_formats, (name_prefix or "data") + ".spec.expect")
-                if "priority" in data__spec_keys:
-                    data__spec_keys.remove("priority")
-                    data__spec__priority = data__spec["priority"]
-                    if not isinstance(data__spec__priority, (int)) and not (isinstance(data__spec__priority, float) and data__spec__priority.is_integer()) or isinstance(data__spec__priority, bool):
-                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".spec.priority must be integer", value=data__spec__priority, name="" + (name_prefix or "data") + ".spec.priority", definition={'type': 'integer', 'description': 'Higher goes first within a dependency level (default 0).'}, rule='type')
-                if "dependsOn" in data__spec_keys:
-                    data__spec_keys.remove("dependsOn")
-                    data__spec__dependsOn = data__spec["dependsOn"]
+                if 'productId' in data__spec_keys:
+                    data__spec_keys.remove('productId')
+                    data__spec__productId = data__spec['productId']
+                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_productid(data__spec__productId, custom_formats, (name_prefix or 'data') + '.spec.productId')
+                if 'payload' in data__spec_keys:
+                    data__spec_keys.remove('payload')
+                    data__spec__payload = data__spec['payload']
+                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_payload(data__spec__payload, custom_formats, (name_prefix or 'data') + '.spec.payload')
+                if 'expect' in data__spec_keys:
+                    data__spec_keys.remove('expect')
+                    data__spec__expect = data__spec['expect']
+                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_expect(data__spec__expect, custom_formats, (name_prefix or 'data') + '.spec.expect')
+                if 'priority' in data__spec_keys:
+                    data__spec_keys.remove('priority')
+                    data__spec__priority = data__spec['priority']
+                    if not isinstance(data__spec__priority, int) and (not (isinstance(data__spec__priority, float) and data__spec__priority.is_integer())) or isinstance(data__spec__priority, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec.priority must be integer', value=data__spec__priority, name='' + (name_prefix or 'data') + '.spec.priority', rule='type')
+                if 'dependsOn' in data__spec_keys:
+                    data__spec_keys.remove('dependsOn')
+                    data__spec__dependsOn = data__spec['dependsOn']
                     if not isinstance(data__spec__dependsOn, (list, tuple)):
-                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".spec.dependsOn must be array", value=data__spec__dependsOn, name="" + (name_prefix or "data") + ".spec.dependsOn", definition={'type': 'array', 'uniqueItems': True, 'items': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'}, 'description': "Manifests (metadata.name) whose devices must all be applied, without failures, before this one's are sent."}, rule='type')
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec.dependsOn must be array', value=data__spec__dependsOn, name='' + (name_prefix or 'data') + '.spec.dependsOn', rule='type')
                     data__spec__dependsOn_is_list = isinstance(data__spec__dependsOn, (list, tuple))
                     if data__spec__dependsOn_is_list:
-                        def fn(var): return frozenset(dict((k, fn(v)) for k, v in var.items()).items()) if hasattr(var, "items") else tuple(fn(v) for v in var) if isinstance(var, (dict, list)) else (bool, var) if isinstance(var, bool) else var
+
+                        def fn(var):
+                            return frozenset(dict(((k, fn(v)) for k, v in var.items())).items()) if hasattr(var, 'items') else tuple((fn(v) for v in var)) if isinstance(var, (dict, list)) else (bool, var) if isinstance(var, bool) else var
                         data__spec__dependsOn_len = len(data__spec__dependsOn)
-                        if data__spec__dependsOn_len > len(set(fn(data__spec__dependsOn_x) for data__spec__dependsOn_x in data__spec__dependsOn)):
-                            raise JsonSchemaValueException("" + (name_prefix or "data") + ".spec.dependsOn must contain unique items", value=data__spec__dependsOn, name="" + (name_prefix or "data") + ".spec.dependsOn", definition={'type': 'array', 'uniqueItems': True, 'items': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'}, 'description': "Manifests (metadata.name) whose devices must all be applied, without failures, before this one's are sent."}, rule='uniqueItems')
+                        if data__spec__dependsOn_len > len(set((fn(data__spec__dependsOn_x) for data__spec__dependsOn_x in data__spec__dependsOn))):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec.dependsOn must contain unique items', value=data__spec__dependsOn, name='' + (name_prefix or 'data') + '.spec.dependsOn', rule='uniqueItems')
                         for data__spec__dependsOn_x, data__spec__dependsOn_item in enumerate(data__spec__dependsOn):
-                            validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_manifestname(data__spec__dependsOn_item, custom_formats, (name_prefix or "data") + ".spec.dependsOn[{data__spec__dependsOn_x}]".format(**locals()))
-                if "rollout" in data__spec_keys:
-                    data__spec_keys.remove("rollout")
-                    data__spec__rollout = data__spec["rollout"]
-                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_rollout(data__spec__rollout, custom_formats, (name_prefix or "data") + ".spec.rollout")
-                if "probe" in data__spec_keys:
-                    data__spec_keys.remove("probe")
-                    data__spec__probe = data__spec["probe"]
-                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_probe(data__spec__probe, custom_formats, (name_prefix or "data") + ".spec.probe")
-                if "devices" in data__spec_keys:
-                    data__spec_keys.remove("devices")
-                    data__spec__devices = data__spec["devices"]
+                            validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_manifestname(data__spec__dependsOn_item, custom_formats, (name_prefix or 'data') + '.spec.dependsOn[{data__spec__dependsOn_x}]'.format(**locals()))
+                if 'rollout' in data__spec_keys:
+                    data__spec_keys.remove('rollout')
+                    data__spec__rollout = data__spec['rollout']
+                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_rollout(data__spec__rollout, custom_formats, (name_prefix or 'data') + '.spec.rollout')
+                if 'probe' in data__spec_keys:
+                    data__spec_keys.remove('probe')
+                    data__spec__probe = data__spec['probe']
+                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_probe(data__spec__probe, custom_formats, (name_prefix or 'data') + '.spec.probe')
+                if 'devices' in data__spec_keys:
+                    data__spec_keys.remove('devices')
+                    data__spec__devices = data__spec['devices']
                     if not isinstance(data__spec__devices, (list, tuple)):
-                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".spec.devices must be array", value=data__spec__devices, name="" + (name_prefix or "data") + ".spec.devices", definition={'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, {'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'anyOf': [{'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, {'type': 'null'}], 'description': 'Replaces spec.expect for this device; null: no reply check.'}}}]}}, rule='type')
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec.devices must be array', value=data__spec__devices, name='' + (name_prefix or 'data') + '.spec.devices', rule='type')
                     data__spec__devices_is_list = isinstance(data__spec__devices, (list, tuple))
                     if data__spec__devices_is_list:
                         data__spec__devices_len = len(data__spec__devices)
                         if data__spec__devices_len < 1:
-                            raise JsonSchemaValueException("" + (name_prefix or "data") + ".spec.devices must contain at least 1 items", value=data__spec__devices, name="" + (name_prefix or "data") + ".spec.devices", definition={'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, {'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'anyOf': [{'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, {'type': 'null'}], 'description': 'Replaces spec.expect for this device; null: no reply check.'}}}]}}, rule='minItems')
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec.devices must contain at least 1 items', value=data__spec__devices, name='' + (name_prefix or 'data') + '.spec.devices', rule='minItems')
                         for data__spec__devices_x, data__spec__devices_item in enumerate(data__spec__devices):
                             data__spec__devices_item_any_of_count1 = 0
                             if not data__spec__devices_item_any_of_count1:
                                 try:
-                                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_devicename(data__spec__devices_item, custom_formats, (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}]".format(**locals()))
+                                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_devicename(data__spec__devices_item, custom_formats, (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}]'.format(**locals()))
                                     data__spec__devices_item_any_of_count1 += 1
-                                except (JsonSchemaValueException, JsonSchemaValuesException): pass
+                                except (JsonSchemaValueException, JsonSchemaValuesException):
+                                    pass
                             if not data__spec__devices_item_any_of_count1:
                                 try:
-                                    if not isinstance(data__spec__devices_item, (dict)):
-                                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}]".format(**locals()) + " must be object", value=data__spec__devices_item, name="" + (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}]".format(**locals()) + "", definition={'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'anyOf': [{'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, {'type': 'null'}], 'description': 'Replaces spec.expect for this device; null: no reply check.'}}}, rule='type')
+                                    if not isinstance(data__spec__devices_item, dict):
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}]'.format(**locals()) + ' must be object', value=data__spec__devices_item, name='' + (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}]'.format(**locals()) + '', rule='type')
                                     data__spec__devices_item_is_dict = isinstance(data__spec__devices_item, dict)
                                     if data__spec__devices_item_is_dict:
                                         data__spec__devices_item__missing_keys = set(['name']) - data__spec__devices_item.keys()
                                         if data__spec__devices_item__missing_keys:
-                                            raise JsonSchemaValueException("" + (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}]".format(**locals()) + " must contain " + (str(sorted(data__spec__devices_item__missing_keys)) + " properties"), value=data__spec__devices_item, name="" + (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}]".format(**locals()) + "", definition={'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'anyOf': [{'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, {'type': 'null'}], 'description': 'Replaces spec.expect for this device; null: no reply check.'}}}, rule='required')
+                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}]'.format(**locals()) + ' must contain ' + (str(sorted(data__spec__devices_item__missing_keys)) + ' properties'), value=data__spec__devices_item, name='' + (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}]'.format(**locals()) + '', rule='required')
                                         data__spec__devices_item_keys = set(data__spec__devices_item.keys())
-                                        if "name" in data__spec__devices_item_keys:
-                                            data__spec__devices_item_keys.remove("name")
-                                            data__spec__devices_item__name = data__spec__devices_item["name"]
-                                            validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_devicename(data__spec__devices_item__name, custom_formats, (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}].name".format(**locals()))
-                                        if "labels" in data__spec__devices_item_keys:
-                                            data__spec__devices_item_keys.remove("labels")
-                                            data__spec__devices_item__labels = data__spec__devices_item["labels"]
-                                            validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_labels(data__spec__devices_item__labels, custom_formats, (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}].labels".format(**locals()))
-                                        if "payload" in data__spec__devices_item_keys:
-                                            data__spec__devices_item_keys.remove("payload")
-                                            data__spec__devices_item__payload = data__spec__devices_item["payload"]
-                                            validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_payload(data__spec__devices_item__payload, custom_formats, (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}].payload".format(**locals()))
-                                        if "expect" in data__spec__devices_item_keys:
-                                            data__spec__devices_item_keys.remove("expect")
-                                            data__spec__devices_item__expect = data__spec__devices_item["expect"]
+                                        if 'name' in data__spec__devices_item_keys:
+                                            data__spec__devices_item_keys.remove('name')
+                                            data__spec__devices_item__name = data__spec__devices_item['name']
+                                            validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_devicename(data__spec__devices_item__name, custom_formats, (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}].name'.format(**locals()))
+                                        if 'labels' in data__spec__devices_item_keys:
+                                            data__spec__devices_item_keys.remove('labels')
+                                            data__spec__devices_item__labels = data__spec__devices_item['labels']
+                                            validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_labels(data__spec__devices_item__labels, custom_formats, (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}].labels'.format(**locals()))
+                                        if 'payload' in data__spec__devices_item_keys:
+                                            data__spec__devices_item_keys.remove('payload')
+                                            data__spec__devices_item__payload = data__spec__devices_item['payload']
+                                            validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_payload(data__spec__devices_item__payload, custom_formats, (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}].payload'.format(**locals()))
+                                        if 'expect' in data__spec__devices_item_keys:
+                                            data__spec__devices_item_keys.remove('expect')
+                                            data__spec__devices_item__expect = data__spec__devices_item['expect']
                                             data__spec__devices_item__expect_any_of_count2 = 0
                                             if not data__spec__devices_item__expect_any_of_count2:
                                                 try:
-                                                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_expect(data__spec__devices_item__expect, custom_formats, (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}].expect".format(**locals()))
+                                                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_expect(data__spec__devices_item__expect, custom_formats, (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}].expect'.format(**locals()))
                                                     data__spec__devices_item__expect_any_of_count2 += 1
-                                                except (JsonSchemaValueException, JsonSchemaValuesException): pass
+                                                except (JsonSchemaValueException, JsonSchemaValuesException):
+                                                    pass
                                             if not data__spec__devices_item__expect_any_of_count2:
                                                 try:
-                                                    if not isinstance(data__spec__devices_item__expect, (NoneType)):
-                                                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}].expect".format(**locals()) + " must be null", value=data__spec__devices_item__expect, name="" + (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}].expect".format(**locals()) + "", definition={'type': 'null'}, rule='type')
+                                                    if not isinstance(data__spec__devices_item__expect, NoneType):
+                                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}].expect'.format(**locals()) + ' must be null', value=data__spec__devices_item__expect, name='' + (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}].expect'.format(**locals()) + '', rule='type')
                                                     data__spec__devices_item__expect_any_of_count2 += 1
-                                                except (JsonSchemaValueException, JsonSchemaValuesException): pass
+                                                except (JsonSchemaValueException, JsonSchemaValuesException):
+                                                    pass
                                             if not data__spec__devices_item__expect_any_of_count2:
-                                                raise JsonSchemaValueException("" + (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}].expect".format(**locals()) + " cannot be validated by any definition", value=data__spec__devices_item__expect, name="" + (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}].expect".format(**locals()) + "", definition={'anyOf': [{'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, {'type': 'null'}], 'description': 'Replaces spec.expect for this device; null: no reply check.'}, rule='anyOf')
+                                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}].expect'.format(**locals()) + ' cannot be validated by any definition', value=data__spec__devices_item__expect, name='' + (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}].expect'.format(**locals()) + '', rule='anyOf')
                                         if data__spec__devices_item_keys:
-                                            raise JsonSchemaValueException("" + (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}]".format(**locals()) + " must not contain "+str(data__spec__devices_item_keys)+" properties", value=data__spec__devices_item, name="" + (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}]".format(**locals()) + "", definition={'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'anyOf': [{'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, {'type': 'null'}], 'description': 'Replaces spec.expect for this device; null: no reply check.'}}}, rule='additionalProperties')
+                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}]'.format(**locals()) + ' must not contain ' + str(data__spec__devices_item_keys) + ' properties', value=data__spec__devices_item, name='' + (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}]'.format(**locals()) + '', rule='additionalProperties')
                                     data__spec__devices_item_any_of_count1 += 1
-                                except (JsonSchemaValueException, JsonSchemaValuesException): pass
+                                except (JsonSchemaValueException, JsonSchemaValuesException):
+                                    pass
                             if not data__spec__devices_item_any_of_count1:
-                                raise JsonSchemaValueException("" + (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}]".format(**locals()) + " cannot be validated by any definition", value=data__spec__devices_item, name="" + (name_prefix or "data") + ".spec.devices[{data__spec__devices_x}]".format(**locals()) + "", definition={'anyOf': [{'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, {'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'anyOf': [{'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, {'type': 'null'}], 'description': 'Replaces spec.expect for this device; null: no reply check.'}}}]}, rule='anyOf')
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}]'.format(**locals()) + ' cannot be validated by any definition', value=data__spec__devices_item, name='' + (name_prefix or 'data') + '.spec.devices[{data__spec__devices_x}]'.format(**locals()) + '', rule='anyOf')
                 if data__spec_keys:
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".spec must not contain "+str(data__spec_keys)+" properties", value=data__spec, name="" + (name_prefix or "data") + ".spec", definition={'type': 'object', 'additionalProperties': False, 'required': ['productId', 'devices'], 'properties': {'productId': {'type': 'string', 'pattern': '^[A-Za-z0-9]{1,32}$'}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, 'priority': {'type': 'integer', 'description': 'Higher goes first within a dependency level (default 0).'}, 'dependsOn': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'}, 'description': "Manifests (metadata.name) whose devices must all be applied, without failures, before this one's are sent."}, 'rollout': {'type': 'object', 'additionalProperties': False, 'description': "Staging and abort criteria for this manifest's devices (apply flags override).", 'properties': {'canary': {'type': 'integer', 'minimum': 0, 'description': 'Devices sent first; the rest only if all succeed.'}, 'waves': {'type': 'array', 'minItems': 1, 'items': {'$ref': 'https://rrpcsync.dev/schema/manifest.schema.json#/$defs/wave'}}, 'maxFailures': {'type': 'integer', 'minimum': 0, 'description': 'Failures tolerated; one more aborts the run.'}, 'maxFailureRate': {'type': 'number', 'minimum': 0, 'maximum': 100, 'description': 'Percent of results; above it aborts the run.'}, 'minSample': {'type': 'integer', 'minimum': 1, 'description': 'Results needed before maxFailureRate applies (default 20).'}}}, 'probe': {'type': 'object', 'additionalProperties': False, 'description': 'Drift probe (rrpcsync plan/apply --refresh, rrpcsync drift): asks each device for the config it holds, compared with its payload.', 'properties': {'payload': {'description': 'What to send (default {method: get_config}): a mapping or list as canonical JSON, a string verbatim.', 'type': ['object', 'array', 'string']}, 'pointer': {'type': 'string', 'description': 'JSON pointer to the config inside the JSON reply, e.g. /config; empty: the whole reply.'}, 'ignore': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string'}, 'description': 'JSON pointers, relative to the desired payload, that the device owns: not compared.'}}}, 'devices': {'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, {'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'anyOf': [{'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, {'type': 'null'}], 'description': 'Replaces spec.expect for this device; null: no reply check.'}}}]}}}}, rule='additionalProperties')
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec must not contain ' + str(data__spec_keys) + ' properties', value=data__spec, name='' + (name_prefix or 'data') + '.spec', rule='additionalProperties')
         if data_keys:
-            raise JsonSchemaValueException("" + (name_prefix or "data") + " must not contain "+str(data_keys)+" properties", value=data, name="" + (name_prefix or "data") + "", definition={'$schema': 'https://json-schema.org/draft/2020-12/schema', '$id': 'https://rrpcsync.dev/schema/manifest.schema.json', 'title': 'rrpcsync DeviceConfig manifest (rrpcsync/v1)', 'description': 'Declares the RRPC payload every listed device must have.', 'type': 'object', 'additionalProperties': False, 'required': ['apiVersion', 'kind', 'metadata', 'spec'], 'properties': {'apiVersion': {'const': 'rrpcsync/v1', 'description': 'Manifest format version.'}, 'kind': {'const': 'DeviceConfig'}, 'metadata': {'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$', 'description': "Unique across all manifests (lowercase letters, digits, '-', '.', '_'; at most 63)."}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'description': {'type': 'string'}}}, 'spec': {'type': 'object', 'additionalProperties': False, 'required': ['productId', 'devices'], 'properties': {'productId': {'type': 'string', 'pattern': '^[A-Za-z0-9]{1,32}$'}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, 'priority': {'type': 'integer', 'description': 'Higher goes first within a dependency level (default 0).'}, 'dependsOn': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'}, 'description': "Manifests (metadata.name) whose devices must all be applied, without failures, before this one's are sent."}, 'rollout': {'type': 'object', 'additionalProperties': False, 'description': "Staging and abort criteria for this manifest's devices (apply flags override).", 'properties': {'canary': {'type': 'integer', 'minimum': 0, 'description': 'Devices sent first; the rest only if all succeed.'}, 'waves': {'type': 'array', 'minItems': 1, 'items': {'$ref': 'https://rrpcsync.dev/schema/manifest.schema.json#/$defs/wave'}}, 'maxFailures': {'type': 'integer', 'minimum': 0, 'description': 'Failures tolerated; one more aborts the run.'}, 'maxFailureRate': {'type': 'number', 'minimum': 0, 'maximum': 100, 'description': 'Percent of results; above it aborts the run.'}, 'minSample': {'type': 'integer', 'minimum': 1, 'description': 'Results needed before maxFailureRate applies (default 20).'}}}, 'probe': {'type': 'object', 'additionalProperties': False, 'description': 'Drift probe (rrpcsync plan/apply --refresh, rrpcsync drift): asks each device for the config it holds, compared with its payload.', 'properties': {'payload': {'description': 'What to send (default {method: get_config}): a mapping or list as canonical JSON, a string verbatim.', 'type': ['object', 'array', 'string']}, 'pointer': {'type': 'string', 'description': 'JSON pointer to the config inside the JSON reply, e.g. /config; empty: the whole reply.'}, 'ignore': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string'}, 'description': 'JSON pointers, relative to the desired payload, that the device owns: not compared.'}}}, 'devices': {'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, {'type': 'object', 'additionalProperties': False, 'required': ['name'], 'properties': {'name': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'expect': {'anyOf': [{'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'$ref': '#/$defs/jsonPointer'}}]}}}, {'type': 'null'}], 'description': 'Replaces spec.expect for this device; null: no reply check.'}}}]}}}}}, '$defs': {'productId': {'type': 'string', 'pattern': '^[A-Za-z0-9]{1,32}$'}, 'deviceName': {'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, 'labels': {'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, 'payload': {'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, 'manifestName': {'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'}, 'probe': {'type': 'object', 'additionalProperties': False, 'description': 'Drift probe (rrpcsync plan/apply --refresh, rrpcsync drift): asks each device for the config it holds, compared with its payload.', 'properties': {'payload': {'description': 'What to send (default {method: get_config}): a mapping or list as canonical JSON, a string verbatim.', 'type': ['object', 'array', 'string']}, 'pointer': {'type': 'string', 'description': 'JSON pointer to the config inside the JSON reply, e.g. /config; empty: the whole reply.'}, 'ignore': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string'}, 'description': 'JSON pointers, relative to the desired payload, that the device owns: not compared.'}}}, 'jsonPointer': {'type': 'string', 'description': 'RFC 6901 JSON pointer: empty (the whole document) or /key/0/key; ~0 is ~, ~1 is /.'}, 'expect': {'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'type': 'string', 'description': 'RFC 6901 JSON pointer: empty (the whole document) or /key/0/key; ~0 is ~, ~1 is /.'}}]}}}, 'wave': {'anyOf': [{'type': 'integer', 'minimum': 1}, {'type': 'string', 'pattern': '^[0-9]+(\\.[0-9]+)?%$'}], 'description': "Cumulative: a device count (25) or a percentage of the devices to send ('10%')."}, 'rollout': {'type': 'object', 'additionalProperties': False, 'description': "Staging and abort criteria for this manifest's devices (apply flags override).", 'properties': {'canary': {'type': 'integer', 'minimum': 0, 'description': 'Devices sent first; the rest only if all succeed.'}, 'waves': {'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'integer', 'minimum': 1}, {'type': 'string', 'pattern': '^[0-9]+(\\.[0-9]+)?%$'}], 'description': "Cumulative: a device count (25) or a percentage of the devices to send ('10%')."}}, 'maxFailures': {'type': 'integer', 'minimum': 0, 'description': 'Failures tolerated; one more aborts the run.'}, 'maxFailureRate': {'type': 'number', 'minimum': 0, 'maximum': 100, 'description': 'Percent of results; above it aborts the run.'}, 'minSample': {'type': 'integer', 'minimum': 1, 'description': 'Results needed before maxFailureRate applies (default 20).'}}}}}, rule='additionalProperties')
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must not contain ' + str(data_keys) + ' properties', value=data, name='' + (name_prefix or 'data') + '', rule='additionalProperties')
     return data
 
 def validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_devicename(data, custom_formats={}, name_prefix=None):
-    if not isinstance(data, (str)):
-        raise JsonSchemaValueException("" + (name_prefix or "data") + " must be string", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, rule='type')
+    if not isinstance(data, str):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be string', value=data, name='' + (name_prefix or 'data') + '', rule='type')
     if isinstance(data, str):
         if not REGEX_PATTERNS['^[A-Za-z0-9_:.\\-]{1,48}$'].search(data):
-            raise JsonSchemaValueException("" + (name_prefix or "data") + " must match pattern ^[A-Za-z0-9_:.\\-]{1,48}$", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'pattern': '^[A-Za-z0-9_:.\\-]{1,48}$'}, rule='pattern')
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must match pattern ^[A-Za-z0-9_:.\\-]{1,48}$', value=data, name='' + (name_prefix or 'data') + '', rule='pattern')
     return data
 
 def validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_probe(data, custom_formats={}, name_prefix=None):
-    if not isinstance(data, (dict)):
-        raise JsonSchemaValueException("" + (name_prefix or "data") + " must be object", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'object', 'additionalProperties': False, 'description': 'Drift probe (rrpcsync plan/apply --refresh, rrpcsync drift): asks each device for the config it holds, compared with its payload.', 'properties': {'payload': {'description': 'What to send (default {method: get_config}): a mapping or list as canonical JSON, a string verbatim.', 'type': ['object', 'array', 'string']}, 'pointer': {'type': 'string', 'description': 'JSON pointer to the config inside the JSON reply, e.g. /config; empty: the whole reply.'}, 'ignore': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string'}, 'description': 'JSON pointers, relative to the desired payload, that the device owns: not compared.'}}}, rule='type')
+    if not isinstance(data, dict):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be object', value=data, name='' + (name_prefix or 'data') + '', rule='type')
     data_is_dict = isinstance(data, dict)
     if data_is_dict:
         data_keys = set(data.keys())
-        if "payload" in data_keys:
-            data_keys.remove("payload")
-            data__payload = data["payload"]
+        if 'payload' in data_keys:
+            data_keys.remove('payload')
+            data__payload = data['payload']
             if not isinstance(data__payload, (dict, list, tuple, str)):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".payload must be object or array or string", value=data__payload, name="" + (name_prefix or "data") + ".payload", definition={'description': 'What to send (default {method: get_config}): a mapping or list as canonical JSON, a string verbatim.', 'type': ['object', 'array', 'string']}, rule='type')
-        if "pointer" in data_keys:
-            data_keys.remove("pointer")
-            data__pointer = data["pointer"]
-            if not isinstance(data__pointer, (str)):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".pointer must be string", value=data__pointer, name="" + (name_prefix or "data") + ".pointer", definition={'type': 'string', 'description': 'JSON pointer to the config inside the JSON reply, e.g. /config; empty: the whole reply.'}, rule='type')
-        if "ignore" in data_keys:
-            data_keys.remove("ignore")
-            data__ignore = data["ignore"]
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must be object or array or string', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='type')
+        if 'pointer' in data_keys:
+            data_keys.remove('pointer')
+            data__pointer = data['pointer']
+            if not isinstance(data__pointer, str):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.pointer must be string', value=data__pointer, name='' + (name_prefix or 'data') + '.pointer', rule='type')
+        if 'ignore' in data_keys:
+            data_keys.remove('ignore')
+            data__ignore = data['ignore']
             if not isinstance(data__ignore, (list, tuple)):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".ignore must be array", value=data__ignore, name="" + (name_prefix or "data") + ".ignore", definition={'type': 'array', 'uniqueItems': True, 'items': {'type': 'string'}, 'description': 'JSON pointers, relative to the desired payload, that the device owns: not compared.'}, rule='type')
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ignore must be array', value=data__ignore, name='' + (name_prefix or 'data') + '.ignore', rule='type')
             data__ignore_is_list = isinstance(data__ignore, (list, tuple))
             if data__ignore_is_list:
-                def fn(var): return frozenset(dict((k, fn(v)) for k, v in var.items()).items()) if hasattr(var, "items") else tuple(fn(v) for v in var) if isinstance(var, (dict, list)) else (bool, var) if isinstance(var, bool) else var
+
+                def fn(var):
+                    return frozenset(dict(((k, fn(v)) for k, v in var.items())).items()) if hasattr(var, 'items') else tuple((fn(v) for v in var)) if isinstance(var, (dict, list)) else (bool, var) if isinstance(var, bool) else var
                 data__ignore_len = len(data__ignore)
-                if data__ignore_len > len(set(fn(data__ignore_x) for data__ignore_x in data__ignore)):
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".ignore must contain unique items", value=data__ignore, name="" + (name_prefix or "data") + ".ignore", definition={'type': 'array', 'uniqueItems': True, 'items': {'type': 'string'}, 'description': 'JSON pointers, relative to the desired payload, that the device owns: not compared.'}, rule='uniqueItems')
+                if data__ignore_len > len(set((fn(data__ignore_x) for data__ignore_x in data__ignore))):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ignore must contain unique items', value=data__ignore, name='' + (name_prefix or 'data') + '.ignore', rule='uniqueItems')
                 for data__ignore_x, data__ignore_item in enumerate(data__ignore):
-                    if not isinstance(data__ignore_item, (str)):
-                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".ignore[{data__ignore_x}]".format(**locals()) + " must be string", value=data__ignore_item, name="" + (name_prefix or "data") + ".ignore[{data__ignore_x}]".format(**locals()) + "", definition={'type': 'string'}, rule='type')
+                    if not isinstance(data__ignore_item, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ignore[{data__ignore_x}]'.format(**locals()) + ' must be string', value=data__ignore_item, name='' + (name_prefix or 'data') + '.ignore[{data__ignore_x}]'.format(**locals()) + '', rule='type')
         if data_keys:
-            raise JsonSchemaValueException("" + (name_prefix or "data") + " must not contain "+str(data_keys)+" properties", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'object', 'additionalProperties': False, 'description': 'Drift probe (rrpcsync plan/apply --refresh, rrpcsync drift): asks each device for the config it holds, compared with its payload.', 'properties': {'payload': {'description': 'What to send (default {method: get_config}): a mapping or list as canonical JSON, a string verbatim.', 'type': ['object', 'array', 'string']}, 'pointer': {'type': 'string', 'description': 'JSON pointer to the config inside the JSON reply, e.g. /config; empty: the whole reply.'}, 'ignore': {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string'}, 'description': 'JSON pointers, relative to the desired payload, that the device owns: not compared.'}}}, rule='additionalProperties')
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must not contain ' + str(data_keys) + ' properties', value=data, name='' + (name_prefix or 'data') + '', rule='additionalProperties')
     return data
 
 def validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_rollout(data, custom_formats={}, name_prefix=None):
-    if not isinstance(data, (dict)):
-        raise JsonSchemaValueException("" + (name_prefix or "data") + " must be object", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'object', 'additionalProperties': False, 'description': "Staging and abort criteria for this manifest's devices (apply flags override).", 'properties': {'canary': {'type': 'integer', 'minimum': 0, 'description': 'Devices sent first; the rest only if all succeed.'}, 'waves': {'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'integer', 'minimum': 1}, {'type': 'string', 'pattern': '^[0-9]+(\\.[0-9]+)?%$'}], 'description': "Cumulative: a device count (25) or a percentage of the devices to send ('10%')."}}, 'maxFailures': {'type': 'integer', 'minimum': 0, 'description': 'Failures tolerated; one more aborts the run.'}, 'maxFailureRate': {'type': 'number', 'minimum': 0, 'maximum': 100, 'description': 'Percent of results; above it aborts the run.'}, 'minSample': {'type': 'integer', 'minimum': 1, 'description': 'Results needed before maxFailureRate applies (default 20).'}}}, rule='type')
+    if not isinstance(data, dict):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be object', value=data, name='' + (name_prefix or 'data') + '', rule='type')
     data_is_dict = isinstance(data, dict)
     if data_is_dict:
         data_keys = set(data.keys())
-        if "canary" in data_keys:
-            data_keys.remove("canary")
-            data__canary = data["canary"]
-            if not isinstance(data__canary, (int)) and not (isinstance(data__canary, float) and data__canary.is_integer()) or isinstance(data__canary, bool):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".canary must be integer", value=data__canary, name="" + (name_prefix or "data") + ".canary", definition={'type': 'integer', 'minimum': 0, 'description': 'Devices sent first; the rest only if all succeed.'}, rule='type')
-            if isinstance(data__canary, (int, float, Decimal)) and not isinstance(data__canary, bool):
+        if 'canary' in data_keys:
+            data_keys.remove('canary')
+            data__canary = data['canary']
+            if not isinstance(data__canary, int) and (not (isinstance(data__canary, float) and data__canary.is_integer())) or isinstance(data__canary, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.canary must be integer', value=data__canary, name='' + (name_prefix or 'data') + '.canary', rule='type')
+            if isinstance(data__canary, (int, float, Decimal)) and (not isinstance(data__canary, bool)):
                 if data__canary < 0:
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".canary must be bigger than or equal to 0", value=data__canary, name="" + (name_prefix or "data") + ".canary", definition={'type': 'integer', 'minimum': 0, 'description': 'Devices sent first; the rest only if all succeed.'}, rule='minimum')
-        if "waves" in data_keys:
-            data_keys.remove("waves")
-            data__waves = data["waves"]
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.canary must be bigger than or equal to 0', value=data__canary, name='' + (name_prefix or 'data') + '.canary', rule='minimum')
+        if 'waves' in data_keys:
+            data_keys.remove('waves')
+            data__waves = data['waves']
             if not isinstance(data__waves, (list, tuple)):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".waves must be array", value=data__waves, name="" + (name_prefix or "data") + ".waves", definition={'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'integer', 'minimum': 1}, {'type': 'string', 'pattern': '^[0-9]+(\\.[0-9]+)?%$'}], 'description': "Cumulative: a device count (25) or a percentage of the devices to send ('10%')."}}, rule='type')
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.waves must be array', value=data__waves, name='' + (name_prefix or 'data') + '.waves', rule='type')
             data__waves_is_list = isinstance(data__waves, (list, tuple))
             if data__waves_is_list:
                 data__waves_len = len(data__waves)
                 if data__waves_len < 1:
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".waves must contain at least 1 items", value=data__waves, name="" + (name_prefix or "data") + ".waves", definition={'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'integer', 'minimum': 1}, {'type': 'string', 'pattern': '^[0-9]+(\\.[0-9]+)?%$'}], 'description': "Cumulative: a device count (25) or a percentage of the devices to send ('10%')."}}, rule='minItems')
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.waves must contain at least 1 items', value=data__waves, name='' + (name_prefix or 'data') + '.waves', rule='minItems')
                 for data__waves_x, data__waves_item in enumerate(data__waves):
-                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_wave(data__waves_item, custom_formats, (name_prefix or "data") + ".waves[{data__waves_x}]".format(**locals()))
-        if "maxFailures" in data_keys:
-            data_keys.remove("maxFailures")
-            data__maxFailures = data["maxFailures"]
-            if not isinstance(data__maxFailures, (int)) and not (isinstance(data__maxFailures, float) and data__maxFailures.is_integer()) or isinstance(data__maxFailures, bool):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".maxFailures must be integer", value=data__maxFailures, name="" + (name_prefix or "data") + ".maxFailures", definition={'type': 'integer', 'minimum': 0, 'description': 'Failures tolerated; one more aborts the run.'}, rule='type')
-            if isinstance(data__maxFailures, (int, float, Decimal)) and not isinstance(data__maxFailures, bool):
+                    validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_wave(data__waves_item, custom_formats, (name_prefix or 'data') + '.waves[{data__waves_x}]'.format(**locals()))
+        if 'maxFailures' in data_keys:
+            data_keys.remove('maxFailures')
+            data__maxFailures = data['maxFailures']
+            if not isinstance(data__maxFailures, int) and (not (isinstance(data__maxFailures, float) and data__maxFailures.is_integer())) or isinstance(data__maxFailures, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.maxFailures must be integer', value=data__maxFailures, name='' + (name_prefix or 'data') + '.maxFailures', rule='type')
+            if isinstance(data__maxFailures, (int, float, Decimal)) and (not isinstance(data__maxFailures, bool)):
                 if data__maxFailures < 0:
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".maxFailures must be bigger than or equal to 0", value=data__maxFailures, name="" + (name_prefix or "data") + ".maxFailures", definition={'type': 'integer', 'minimum': 0, 'description': 'Failures tolerated; one more aborts the run.'}, rule='minimum')
-        if "maxFailureRate" in data_keys:
-            data_keys.remove("maxFailureRate")
-            data__maxFailureRate = data["maxFailureRate"]
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.maxFailures must be bigger than or equal to 0', value=data__maxFailures, name='' + (name_prefix or 'data') + '.maxFailures', rule='minimum')
+        if 'maxFailureRate' in data_keys:
+            data_keys.remove('maxFailureRate')
+            data__maxFailureRate = data['maxFailureRate']
             if not isinstance(data__maxFailureRate, (int, float, Decimal)) or isinstance(data__maxFailureRate, bool):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".maxFailureRate must be number", value=data__maxFailureRate, name="" + (name_prefix or "data") + ".maxFailureRate", definition={'type': 'number', 'minimum': 0, 'maximum': 100, 'description': 'Percent of results; above it aborts the run.'}, rule='type')
-            if isinstance(data__maxFailureRate, (int, float, Decimal)) and not isinstance(data__maxFailureRate, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.maxFailureRate must be number', value=data__maxFailureRate, name='' + (name_prefix or 'data') + '.maxFailureRate', rule='type')
+            if isinstance(data__maxFailureRate, (int, float, Decimal)) and (not isinstance(data__maxFailureRate, bool)):
                 if data__maxFailureRate < 0:
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".maxFailureRate must be bigger than or equal to 0", value=data__maxFailureRate, name="" + (name_prefix or "data") + ".maxFailureRate", definition={'type': 'number', 'minimum': 0, 'maximum': 100, 'description': 'Percent of results; above it aborts the run.'}, rule='minimum')
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.maxFailureRate must be bigger than or equal to 0', value=data__maxFailureRate, name='' + (name_prefix or 'data') + '.maxFailureRate', rule='minimum')
                 if data__maxFailureRate > 100:
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".maxFailureRate must be smaller than or equal to 100", value=data__maxFailureRate, name="" + (name_prefix or "data") + ".maxFailureRate", definition={'type': 'number', 'minimum': 0, 'maximum': 100, 'description': 'Percent of results; above it aborts the run.'}, rule='maximum')
-        if "minSample" in data_keys:
-            data_keys.remove("minSample")
-            data__minSample = data["minSample"]
-            if not isinstance(data__minSample, (int)) and not (isinstance(data__minSample, float) and data__minSample.is_integer()) or isinstance(data__minSample, bool):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".minSample must be integer", value=data__minSample, name="" + (name_prefix or "data") + ".minSample", definition={'type': 'integer', 'minimum': 1, 'description': 'Results needed before maxFailureRate applies (default 20).'}, rule='type')
-            if isinstance(data__minSample, (int, float, Decimal)) and not isinstance(data__minSample, bool):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.maxFailureRate must be smaller than or equal to 100', value=data__maxFailureRate, name='' + (name_prefix or 'data') + '.maxFailureRate', rule='maximum')
+        if 'minSample' in data_keys:
+            data_keys.remove('minSample')
+            data__minSample = data['minSample']
+            if not isinstance(data__minSample, int) and (not (isinstance(data__minSample, float) and data__minSample.is_integer())) or isinstance(data__minSample, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.minSample must be integer', value=data__minSample, name='' + (name_prefix or 'data') + '.minSample', rule='type')
+            if isinstance(data__minSample, (int, float, Decimal)) and (not isinstance(data__minSample, bool)):
                 if data__minSample < 1:
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".minSample must be bigger than or equal to 1", value=data__minSample, name="" + (name_prefix or "data") + ".minSample", definition={'type': 'integer', 'minimum': 1, 'description': 'Results needed before maxFailureRate applies (default 20).'}, rule='minimum')
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.minSample must be bigger than or equal to 1', value=data__minSample, name='' + (name_prefix or 'data') + '.minSample', rule='minimum')
         if data_keys:
-            raise JsonSchemaValueException("" + (name_prefix or "data") + " must not contain "+str(data_keys)+" properties", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'object', 'additionalProperties': False, 'description': "Staging and abort criteria for this manifest's devices (apply flags override).", 'properties': {'canary': {'type': 'integer', 'minimum': 0, 'description': 'Devices sent first; the rest only if all succeed.'}, 'waves': {'type': 'array', 'minItems': 1, 'items': {'anyOf': [{'type': 'integer', 'minimum': 1}, {'type': 'string', 'pattern': '^[0-9]+(\\.[0-9]+)?%$'}], 'description': "Cumulative: a device count (25) or a percentage of the devices to send ('10%')."}}, 'maxFailures': {'type': 'integer', 'minimum': 0, 'description': 'Failures tolerated; one more aborts the run.'}, 'maxFailureRate': {'type': 'number', 'minimum': 0, 'maximum': 100, 'description': 'Percent of results; above it aborts the run.'}, 'minSample': {'type': 'integer', 'minimum': 1, 'description': 'Results needed before maxFailureRate applies (default 20).'}}}, rule='additionalProperties')
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must not contain ' + str(data_keys) + ' properties', value=data, name='' + (name_prefix or 'data') + '', rule='additionalProperties')
     return data
 
 def validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_wave(data, custom_formats={}, name_prefix=None):
     data_any_of_count3 = 0
     if not data_any_of_count3:
         try:
-            if not isinstance(data, (int)) and not (isinstance(data, float) and data.is_integer()) or isinstance(data, bool):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + " must be integer", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'integer', 'minimum': 1}, rule='type')
-            if isinstance(data, (int, float, Decimal)) and not isinstance(data, bool):
+            if not isinstance(data, int) and (not (isinstance(data, float) and data.is_integer())) or isinstance(data, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be integer', value=data, name='' + (name_prefix or 'data') + '', rule='type')
+            if isinstance(data, (int, float, Decimal)) and (not isinstance(data, bool)):
                 if data < 1:
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + " must be bigger than or equal to 1", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'integer', 'minimum': 1}, rule='minimum')
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be bigger than or equal to 1', value=data, name='' + (name_prefix or 'data') + '', rule='minimum')
             data_any_of_count3 += 1
-        except (JsonSchemaValueException, JsonSchemaValuesException): pass
+        except (JsonSchemaValueException, JsonSchemaValuesException):
+            pass
     if not data_any_of_count3:
         try:
-            if not isinstance(data, (str)):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + " must be string", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'pattern': '^[0-9]+(\\.[0-9]+)?%$'}, rule='type')
+            if not isinstance(data, str):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be string', value=data, name='' + (name_prefix or 'data') + '', rule='type')
             if isinstance(data, str):
                 if not REGEX_PATTERNS['^[0-9]+(\\.[0-9]+)?%$'].search(data):
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + " must match pattern ^[0-9]+(\\.[0-9]+)?%$", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'pattern': '^[0-9]+(\\.[0-9]+)?%$'}, rule='pattern')
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must match pattern ^[0-9]+(\\.[0-9]+)?%$', value=data, name='' + (name_prefix or 'data') + '', rule='pattern')
             data_any_of_count3 += 1
-        except (JsonSchemaValueException, JsonSchemaValuesException): pass
+        except (JsonSchemaValueException, JsonSchemaValuesException):
+            pass
     if not data_any_of_count3:
-        raise JsonSchemaValueException("" + (name_prefix or "data") + " cannot be validated by any definition", value=data, name="" + (name_prefix or "data") + "", definition={'anyOf': [{'type': 'integer', 'minimum': 1}, {'type': 'string', 'pattern': '^[0-9]+(\\.[0-9]+)?%$'}], 'description': "Cumulative: a device count (25) or a percentage of the devices to send ('10%')."}, rule='anyOf')
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' cannot be validated by any definition', value=data, name='' + (name_prefix or 'data') + '', rule='anyOf')
     return data
 
 def validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_manifestname(data, custom_formats={}, name_prefix=None):
-    if not isinstance(data, (str)):
-        raise JsonSchemaValueException("" + (name_prefix or "data") + " must be string", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'}, rule='type')
+    if not isinstance(data, str):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be string', value=data, name='' + (name_prefix or 'data') + '', rule='type')
     if isinstance(data, str):
         if not REGEX_PATTERNS['^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'].search(data):
-            raise JsonSchemaValueException("" + (name_prefix or "data") + " must match pattern ^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'pattern': '^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$'}, rule='pattern')
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must match pattern ^[a-z0-9]([-a-z0-9._]{0,61}[a-z0-9])?$', value=data, name='' + (name_prefix or 'data') + '', rule='pattern')
     return data
 
 def validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_expect(data, custom_formats={}, name_prefix=None):
-    if not isinstance(data, (dict)):
-        raise JsonSchemaValueException("" + (name_prefix or "data") + " must be object", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'type': 'string', 'description': 'RFC 6901 JSON pointer: empty (the whole document) or /key/0/key; ~0 is ~, ~1 is /.'}}]}}}, rule='type')
+    if not isinstance(data, dict):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be object', value=data, name='' + (name_prefix or 'data') + '', rule='type')
     data_is_dict = isinstance(data, dict)
     if data_is_dict:
         data_keys = set(data.keys())
-        if "json" in data_keys:
-            data_keys.remove("json")
-            data__json = data["json"]
-            if not isinstance(data__json, (bool)):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".json must be boolean", value=data__json, name="" + (name_prefix or "data") + ".json", definition={'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, rule='type')
-        if "equals" in data_keys:
-            data_keys.remove("equals")
-            data__equals = data["equals"]
-            if not isinstance(data__equals, (dict)):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".equals must be object", value=data__equals, name="" + (name_prefix or "data") + ".equals", definition={'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, rule='type')
-        if "regex" in data_keys:
-            data_keys.remove("regex")
-            data__regex = data["regex"]
-            if not isinstance(data__regex, (str)):
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".regex must be string", value=data__regex, name="" + (name_prefix or "data") + ".regex", definition={'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, rule='type')
+        if 'json' in data_keys:
+            data_keys.remove('json')
+            data__json = data['json']
+            if not isinstance(data__json, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.json must be boolean', value=data__json, name='' + (name_prefix or 'data') + '.json', rule='type')
+        if 'equals' in data_keys:
+            data_keys.remove('equals')
+            data__equals = data['equals']
+            if not isinstance(data__equals, dict):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.equals must be object', value=data__equals, name='' + (name_prefix or 'data') + '.equals', rule='type')
+        if 'regex' in data_keys:
+            data_keys.remove('regex')
+            data__regex = data['regex']
+            if not isinstance(data__regex, str):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.regex must be string', value=data__regex, name='' + (name_prefix or 'data') + '.regex', rule='type')
             if isinstance(data__regex, str):
                 data__regex_len = len(data__regex)
                 if data__regex_len < 1:
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".regex must be longer than or equal to 1 characters", value=data__regex, name="" + (name_prefix or "data") + ".regex", definition={'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, rule='minLength')
-        if "echo" in data_keys:
-            data_keys.remove("echo")
-            data__echo = data["echo"]
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.regex must be longer than or equal to 1 characters', value=data__regex, name='' + (name_prefix or 'data') + '.regex', rule='minLength')
+        if 'echo' in data_keys:
+            data_keys.remove('echo')
+            data__echo = data['echo']
             data__echo_any_of_count4 = 0
             if not data__echo_any_of_count4:
                 try:
                     if not (isinstance(data__echo, str) and data__echo == 'sha256'):
-                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".echo must be same as const definition: sha256", value=data__echo, name="" + (name_prefix or "data") + ".echo", definition={'const': 'sha256'}, rule='const')
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.echo must be same as const definition: sha256', value=data__echo, name='' + (name_prefix or 'data') + '.echo', rule='const')
                     data__echo_any_of_count4 += 1
-                except (JsonSchemaValueException, JsonSchemaValuesException): pass
+                except (JsonSchemaValueException, JsonSchemaValuesException):
+                    pass
             if not data__echo_any_of_count4:
                 try:
                     if not isinstance(data__echo, (list, tuple)):
-                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".echo must be array", value=data__echo, name="" + (name_prefix or "data") + ".echo", definition={'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'type': 'string', 'description': 'RFC 6901 JSON pointer: empty (the whole document) or /key/0/key; ~0 is ~, ~1 is /.'}}, rule='type')
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.echo must be array', value=data__echo, name='' + (name_prefix or 'data') + '.echo', rule='type')
                     data__echo_is_list = isinstance(data__echo, (list, tuple))
                     if data__echo_is_list:
                         data__echo_len = len(data__echo)
                         if data__echo_len < 1:
-                            raise JsonSchemaValueException("" + (name_prefix or "data") + ".echo must contain at least 1 items", value=data__echo, name="" + (name_prefix or "data") + ".echo", definition={'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'type': 'string', 'description': 'RFC 6901 JSON pointer: empty (the whole document) or /key/0/key; ~0 is ~, ~1 is /.'}}, rule='minItems')
-                        def fn(var): return frozenset(dict((k, fn(v)) for k, v in var.items()).items()) if hasattr(var, "items") else tuple(fn(v) for v in var) if isinstance(var, (dict, list)) else (bool, var) if isinstance(var, bool) else var
-                        if data__echo_len > len(set(fn(data__echo_x) for data__echo_x in data__echo)):
-                            raise JsonSchemaValueException("" + (name_prefix or "data") + ".echo must contain unique items", value=data__echo, name="" + (name_prefix or "data") + ".echo", definition={'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'type': 'string', 'description': 'RFC 6901 JSON pointer: empty (the whole document) or /key/0/key; ~0 is ~, ~1 is /.'}}, rule='uniqueItems')
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.echo must contain at least 1 items', value=data__echo, name='' + (name_prefix or 'data') + '.echo', rule='minItems')
+
+                        def fn(var):
+                            return frozenset(dict(((k, fn(v)) for k, v in var.items())).items()) if hasattr(var, 'items') else tuple((fn(v) for v in var)) if isinstance(var, (dict, list)) else (bool, var) if isinstance(var, bool) else var
+                        if data__echo_len > len(set((fn(data__echo_x) for data__echo_x in data__echo))):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.echo must contain unique items', value=data__echo, name='' + (name_prefix or 'data') + '.echo', rule='uniqueItems')
                         for data__echo_x, data__echo_item in enumerate(data__echo):
-                            validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_jsonpointer(data__echo_item, custom_formats, (name_prefix or "data") + ".echo[{data__echo_x}]".format(**locals()))
+                            validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_jsonpointer(data__echo_item, custom_formats, (name_prefix or 'data') + '.echo[{data__echo_x}]'.format(**locals()))
                     data__echo_any_of_count4 += 1
-                except (JsonSchemaValueException, JsonSchemaValuesException): pass
+                except (JsonSchemaValueException, JsonSchemaValuesException):
+                    pass
             if not data__echo_any_of_count4:
-                raise JsonSchemaValueException("" + (name_prefix or "data") + ".echo cannot be validated by any definition", value=data__echo, name="" + (name_prefix or "data") + ".echo", definition={'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'type': 'string', 'description': 'RFC 6901 JSON pointer: empty (the whole document) or /key/0/key; ~0 is ~, ~1 is /.'}}]}, rule='anyOf')
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.echo cannot be validated by any definition', value=data__echo, name='' + (name_prefix or 'data') + '.echo', rule='anyOf')
         if data_keys:
-            raise JsonSchemaValueException("" + (name_prefix or "data") + " must not contain "+str(data_keys)+" properties", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'object', 'additionalProperties': False, 'description': 'Reply check: a device whose reply fails it is failed with ReplyMismatch.', 'properties': {'json': {'type': 'boolean', 'description': 'The reply must be valid JSON (default true).'}, 'equals': {'type': 'object', 'description': 'JSON pointer into the reply -> the JSON value it must hold, e.g. {/code: 0}.'}, 'regex': {'type': 'string', 'minLength': 1, 'description': 'Python regex searched in the reply text.'}, 'echo': {'description': "sha256: the reply carries the payload's SHA-256 hex; or JSON pointers whose values the reply must repeat from the payload.", 'anyOf': [{'const': 'sha256'}, {'type': 'array', 'minItems': 1, 'uniqueItems': True, 'items': {'type': 'string', 'description': 'RFC 6901 JSON pointer: empty (the whole document) or /key/0/key; ~0 is ~, ~1 is /.'}}]}}}, rule='additionalProperties')
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must not contain ' + str(data_keys) + ' properties', value=data, name='' + (name_prefix or 'data') + '', rule='additionalProperties')
     return data
 
 def validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_jsonpointer(data, custom_formats={}, name_prefix=None):
-    if not isinstance(data, (str)):
-        raise JsonSchemaValueException("" + (name_prefix or "data") + " must be string", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'description': 'RFC 6901 JSON pointer: empty (the whole document) or /key/0/key; ~0 is ~, ~1 is /.'}, rule='type')
+    if not isinstance(data, str):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be string', value=data, name='' + (name_prefix or 'data') + '', rule='type')
     return data
 
 def validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_payload(data, custom_formats={}, name_prefix=None):
     if not isinstance(data, (dict, list, tuple, str)):
-        raise JsonSchemaValueException("" + (name_prefix or "data") + " must be object or array or string", value=data, name="" + (name_prefix or "data") + "", definition={'description': 'A mapping or list is sent as canonical JSON; a string is sent verbatim.', 'type': ['object', 'array', 'string']}, rule='type')
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be object or array or string', value=data, name='' + (name_prefix or 'data') + '', rule='type')
     return data
 
 def validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_productid(data, custom_formats={}, name_prefix=None):
-    if not isinstance(data, (str)):
-        raise JsonSchemaValueException("" + (name_prefix or "data") + " must be string", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'pattern': '^[A-Za-z0-9]{1,32}$'}, rule='type')
+    if not isinstance(data, str):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be string', value=data, name='' + (name_prefix or 'data') + '', rule='type')
     if isinstance(data, str):
         if not REGEX_PATTERNS['^[A-Za-z0-9]{1,32}$'].search(data):
-            raise JsonSchemaValueException("" + (name_prefix or "data") + " must match pattern ^[A-Za-z0-9]{1,32}$", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'pattern': '^[A-Za-z0-9]{1,32}$'}, rule='pattern')
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must match pattern ^[A-Za-z0-9]{1,32}$', value=data, name='' + (name_prefix or 'data') + '', rule='pattern')
     return data
 
 def validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_labels(data, custom_formats={}, name_prefix=None):
-    if not isinstance(data, (dict)):
-        raise JsonSchemaValueException("" + (name_prefix or "data") + " must be object", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, rule='type')
+    if not isinstance(data, dict):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be object', value=data, name='' + (name_prefix or 'data') + '', rule='type')
     data_is_dict = isinstance(data, dict)
     if data_is_dict:
         data_keys = set(data.keys())
         for data_key in data_keys:
             if data_key not in []:
                 data_value = data.get(data_key)
-                if not isinstance(data_value, (str)):
-                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".{data_key}".format(**locals()) + " must be string", value=data_value, name="" + (name_prefix or "data") + ".{data_key}".format(**locals()) + "", definition={'type': 'string', 'maxLength': 63}, rule='type')
+                if not isinstance(data_value, str):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.{data_key}'.format(**locals()) + ' must be string', value=data_value, name='' + (name_prefix or 'data') + '.{data_key}'.format(**locals()) + '', rule='type')
                 if isinstance(data_value, str):
                     data_value_len = len(data_value)
                     if data_value_len > 63:
-                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".{data_key}".format(**locals()) + " must be shorter than or equal to 63 characters", value=data_value, name="" + (name_prefix or "data") + ".{data_key}".format(**locals()) + "", definition={'type': 'string', 'maxLength': 63}, rule='maxLength')
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.{data_key}'.format(**locals()) + ' must be shorter than or equal to 63 characters', value=data_value, name='' + (name_prefix or 'data') + '.{data_key}'.format(**locals()) + '', rule='maxLength')
         data_len = len(data)
         if data_len != 0:
             data_property_names = True
@@ -420,11 +425,11 @@ def validate_https___rrpcsync_dev_schema_manifest_schema_json___defs_labels(data
                 try:
                     if isinstance(data_key, str):
                         if not REGEX_PATTERNS['^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'].search(data_key):
-                            raise JsonSchemaValueException("" + (name_prefix or "data") + " must match pattern ^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$", value=data_key, name="" + (name_prefix or "data") + "", definition={'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, rule='pattern')
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must match pattern ^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$', value=data_key, name='' + (name_prefix or 'data') + '', rule='pattern')
                 except (JsonSchemaValueException, JsonSchemaValuesException):
                     data_property_names = False
             if not data_property_names:
-                raise JsonSchemaValueException("" + (name_prefix or "data") + " must be named by propertyName definition", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'object', 'propertyNames': {'pattern': '^[A-Za-z0-9]([A-Za-z0-9_.\\-/]{0,61}[A-Za-z0-9])?$'}, 'additionalProperties': {'type': 'string', 'maxLength': 63}}, rule='propertyNames')
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be named by propertyName definition', value=data, name='' + (name_prefix or 'data') + '', rule='propertyNames')
     return data
 
 
