@@ -339,6 +339,31 @@ def test_an_unreachable_endpoint_stops_the_run_and_keeps_previous_records(
     assert "Plan: 10 to create, 30 to update, 0 to retry" in replan.out
 
 
+@pytest.mark.parametrize(("parallelism", "devices", "most"), [("1", 5, 3), ("10", 3, 3)])
+def test_a_broken_endpoint_is_noticed_after_one_round_of_requests(
+    capsys: pytest.CaptureFixture[str], env: Path, parallelism: str, devices: int, most: int
+) -> None:
+    fleet(env, names(devices))
+    result = run(
+        capsys,
+        "apply",
+        "configs",
+        "--auto-approve",
+        "--endpoint",
+        "http://127.0.0.1:9/",
+        "--parallelism",
+        parallelism,
+        "--retry-backoff",
+        "0.01",
+        "--format",
+        "json",
+    )
+    assert result.code == 1
+    report = json.loads(result.out)
+    assert report["requests"] == most and len(report["not_sent"]) == devices
+    assert records(env) == {}
+
+
 def test_an_endpoint_that_breaks_mid_run_keeps_the_unsent_devices_as_they_were(
     capsys: pytest.CaptureFixture[str], env: Path, emulator: Any
 ) -> None:

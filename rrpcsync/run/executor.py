@@ -178,13 +178,13 @@ def never_reached(result: ApiResult) -> bool:
 UNREACHED_CODES = frozenset({"Transport.ConnectError", "Transport.CertificateError"})
 
 
-def broken_after(options: ApplyOptions) -> int:
+def broken_after(options: ApplyOptions, devices: int) -> int:
     """Consecutive unreached requests, with no answer between, that mean a broken endpoint.
 
-    At least one full round of the workers in flight, so one bad connection does not stop a
-    run, and never many more: the run stops within about two rounds.
+    One full round of the workers in flight (`--parallelism`, or fewer devices), and at least
+    3, so one bad connection does not stop a run; the run stops within about two rounds.
     """
-    return max(3, options.parallelism)
+    return max(3, min(options.parallelism, devices))
 
 
 def keeps_previous(result: ApiResult, reached: bool) -> bool:
@@ -332,7 +332,7 @@ class Executor:
         self.forgotten: set[str] = set()  # no record before, none after: never reached
         self.in_flight = 0
         self.unreached_streak = 0  # consecutive requests that never reached the cloud
-        self.broken_after = broken_after(options)
+        self.broken_after = broken_after(options, len(changes))
         self.recording: set[asyncio.Future[None]] = set()
         # sees each final outcome at once (before it is durable): rollout abort criteria
         self.on_result: Callable[[Change, ApiResult], None] | None = None
