@@ -105,11 +105,19 @@ def test_saved_plan_refuses_every_flag_that_would_narrow_or_change_it(
     [
         (("--canary", "1"), 3, 1),  # the canary (d00) fails: nobody else is sent
         (("--max-failures", "0", "--parallelism", "1"), 3, 1),
+        (("--max-failure-rate", "10", "--min-sample", "1", "--parallelism", "1"), 3, 1),
         (("--waves", "2,100%", "--parallelism", "1"), 3, 4),
         (("--max-sends", "3"), 1, 0),
         (("--max-sends", "100%"), 3, 4),
     ],
-    ids=["canary", "max-failures", "waves", "max-sends-refused", "max-sends-ok"],
+    ids=[
+        "canary",
+        "max-failures",
+        "max-failure-rate",
+        "waves",
+        "max-sends-refused",
+        "max-sends-ok",
+    ],
 )
 def test_rollout_and_sending_flags_apply_to_a_saved_plan(
     capsys: pytest.CaptureFixture[str],
