@@ -7,10 +7,12 @@ import hashlib
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,6 +138,74 @@ def naive_rate(url: str, count: int) -> float:
             }
             client.post(url, json=body).raise_for_status()
     return count / (time.perf_counter() - started)
+
+
+def bare_client(url: str, count: int, parallelism: int) -> dict[str, Any]:
+    """The floor: a bare aiohttp client posting the same requests, `parallelism` at a time,
+    reading each JSON reply, and nothing else (no journal, no state, no retries, no pacing)."""
+    import asyncio
+
+    import aiohttp
+
+    payload = '{"method":"set_config","params":{"interval":30,"unit":"C"}}'
+
+    async def run() -> int:
+        connector = aiohttp.TCPConnector(limit=parallelism)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            for index in range(count):
+                queue.put_nowait(index)
+            ok = 0
+
+            async def worker() -> None:
+                nonlocal ok
+                while not queue.empty():
+                    index = queue.get_nowait()
+                    body = {
+                        "Action": "AppPublishRRPCMessage",
+                        "RequestId": str(uuid.uuid4()),
+                        "AccessToken": TOKEN,
+                        "ProductId": f"BARE{index % 50:02d}",
+                        "DeviceName": f"dev-{index:06d}",
+                        "Payload": payload,
+                    }
+                    async with session.post(url, json=body) as response:
+                        reply = await response.json()
+                    ok += "Error" not in reply.get("Response", {})
+
+            await asyncio.gather(*(worker() for _ in range(parallelism)))
+            return ok
+
+    cpu_before = time.process_time()
+    started = time.perf_counter()
+    ok = asyncio.run(run())
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_before
+    if ok != count:
+        raise RuntimeError(f"bare client: {count - ok} of {count} requests failed")
+    return {"rate": count / elapsed, "cpu_ms_per_request": 1000 * cpu / count}
+
+
+def versus_bare(latency: float, parallelism: int, count: int, rounds: int) -> dict[str, Any]:
+    """rrpcsync's executor and the bare client against one emulator, interleaved; medians."""
+    ours: list[dict[str, Any]] = []
+    bare: list[dict[str, Any]] = []
+    with emulator_process(latency) as (url, _):
+        for _ in range(rounds):
+            bare.append(bare_client(url, count, parallelism))
+            ours.append(run_apply(url, count, parallelism, rate=1_000_000))
+    result: dict[str, Any] = {"latency": latency, "parallelism": parallelism, "count": count}
+    for name, runs in (("ours", ours), ("bare", bare)):
+        result[name] = {key: statistics.median(run[key] for run in runs) for key in RATIO_KEYS}
+    result["cpu_ratio"] = (
+        result["ours"]["cpu_ms_per_request"] / result["bare"]["cpu_ms_per_request"]
+    )
+    result["rate_ratio"] = result["ours"]["rate"] / result["bare"]["rate"]
+    result["rounds"] = rounds
+    return result
+
+
+RATIO_KEYS = ("rate", "cpu_ms_per_request")
 
 
 def throughput(latency: float, parallelism: int, count: int) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from rrpcsync import api
 from rrpcsync.cli.app import settings
+from rrpcsync.cli.options import AUTO
 from rrpcsync.model import RolloutSpec
 from rrpcsync.planning.selection import Selection
 
@@ -37,10 +38,14 @@ def connection_from(options: dict[str, Any]) -> api.Connection:
 def sending_options(options: dict[str, Any]) -> ApplyOptions:
     """Concurrency, pacing and retries shared by apply and the drift probes."""
     from rrpcsync.run.executor import ApplyOptions
+    from rrpcsync.run.pacing import AUTO_START
 
+    auto = options["rate"] == AUTO
     return ApplyOptions(
         parallelism=options["parallelism"],
-        rate=options["rate"],
+        rate=AUTO_START if auto else options["rate"],
+        adaptive_rate=auto,
+        max_rate=options["max_rate"],
         retries=options["retries"],
         backoff=options["retry_backoff"],
     )

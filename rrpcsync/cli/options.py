@@ -22,6 +22,24 @@ def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+AUTO = "auto"
+
+
+def _rate(ctx: click.Context, param: click.Parameter, value: str) -> float | str:
+    """--rate: requests per second (a number >= 0.01), or `auto`."""
+    if value == AUTO:
+        return value
+    try:
+        rate = float(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither a number of requests per second nor 'auto'"
+        ) from None
+    if not rate >= 0.01:
+        raise click.BadParameter(f"{value!r} is below 0.01 requests per second")
+    return rate
+
+
 paths_argument = click.argument("paths", nargs=-1, type=click.Path())
 
 state_option = click.option(
@@ -175,10 +193,19 @@ client_options = _stack(
     ),
     click.option(
         "--rate",
-        type=click.FloatRange(min=0.01),
-        default=20.0,
+        callback=_rate,
+        metavar="RATE|auto",
+        default="20",
         show_default=True,
-        help="Requests per second at most (the cloud's default quota is 20).",
+        help="Requests per second at most (the cloud's default quota is 20), or `auto`: start "
+        "at 20, speed up while the cloud accepts, slow down when it refuses (docs/performance.md).",
+    ),
+    click.option(
+        "--max-rate",
+        type=click.FloatRange(min=0.01),
+        default=200.0,
+        show_default=True,
+        help="The ceiling of --rate auto, in requests per second.",
     ),
     click.option(
         "--retries",

@@ -34,7 +34,7 @@ from rrpcsync.run.executor import (
     NoProgress,
     ProgressSink,
     Publisher,
-    RateLimiter,
+    limiter_for,
     resend_class,
     should_retry,
     wait_before_retry,
@@ -116,7 +116,7 @@ class Prober:
         self.publisher = publisher
         self.options = options
         self.progress = progress or NoProgress()
-        self.limiter = RateLimiter(options.rate)
+        self.limiter = limiter_for(options)
         self.report = ProbeReport()
         self.stopping = False
 
@@ -139,7 +139,7 @@ class Prober:
         attempts = resends = 0
         while True:
             attempts += 1
-            await self.limiter.acquire()
+            sent_at = await self.limiter.acquire()
             self.report.requests += 1
             result = resend_class(
                 await self.publisher.publish(
@@ -151,6 +151,7 @@ class Prober:
                 attempts -= 1  # the token was refused and renewed: not an attempt
                 resends += 1
                 continue
+            self.limiter.observe(result, sent_at)
             if not should_retry(result, attempts, self.options, self.stopping):
                 break
             await wait_before_retry(attempts, result, self.options, self.limiter)

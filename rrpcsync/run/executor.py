@@ -27,6 +27,7 @@ from rrpcsync.cloud.classify import ErrorClass
 from rrpcsync.cloud.results import ApiResult
 from rrpcsync.manifests.expect import REPLY_MISMATCH, check_reply
 from rrpcsync.model import Change, DeviceRecord, ErrorInfo, Plan, Status
+from rrpcsync.run.pacing import AdaptiveRateLimiter, RateLimiter
 from rrpcsync.state import JsonFileStore, Recorder, State, utc_now
 
 
@@ -39,7 +40,9 @@ class Publisher(Protocol):
 @dataclass(frozen=True, slots=True)
 class ApplyOptions:
     parallelism: int = 10
-    rate: float = 20.0
+    rate: float = 20.0  # with adaptive_rate, where it starts
+    adaptive_rate: bool = False  # --rate auto (run/pacing.py)
+    max_rate: float = 200.0  # the ceiling of --rate auto
     retries: int = 3
     backoff: float = 0.5  # first retry waits up to this long (full jitter, doubling)
     backoff_max: float = 30.0
@@ -201,28 +204,11 @@ def keeps_previous(result: ApiResult, reached: bool) -> bool:
 # --------------------------------------------------------------------------- pacing
 
 
-class RateLimiter:
-    """Smooth pacing: request starts are at least 1/rate apart, so no burst ever exceeds rate.
-
-    Waiters go one at a time, and each sets the next slot from when it really started: after
-    the event loop stalls, the overdue requests do not all fire at once to catch up.
-    """
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = 1.0 / rate
-        self.clock = clock
-        self.next_slot = clock()
-        self._turn = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        async with self._turn:
-            while (wait := self.next_slot - self.clock()) > 0:  # pause() may move it on
-                await asyncio.sleep(wait)
-            self.next_slot = self.clock() + self.interval
-
-    def pause(self, seconds: float) -> None:
-        """The cloud said slow down: no request starts for `seconds`."""
-        self.next_slot = max(self.next_slot, self.clock() + seconds)
+def limiter_for(options: ApplyOptions) -> RateLimiter:
+    """`--rate R` paces at R; `--rate auto` adapts between 1/s and `--max-rate`."""
+    if options.adaptive_rate:
+        return AdaptiveRateLimiter(options.max_rate, start=min(options.rate, options.max_rate))
+    return RateLimiter(options.rate)
 
 
 def backoff_delay(attempt: int, result: ApiResult, options: ApplyOptions) -> float:
@@ -325,7 +311,7 @@ class Executor:
         self.commit = commit
         self.options = options
         self.progress = progress
-        self.limiter = RateLimiter(options.rate)
+        self.limiter = limiter_for(options)
         self.report = ApplyReport(total=len(changes))
         self.stopping = False  # no new dispatch (fatal error or first interrupt)
         self.results: dict[str, DeviceRecord] = {}
@@ -389,7 +375,7 @@ class Executor:
         while True:
             attempts += 1
             request_id = str(uuid.uuid4())
-            await self.limiter.acquire()
+            sent_at = await self.limiter.acquire()
             if self.stopping and attempts > 1:
                 attempts -= 1  # stopped while waiting for a slot: the last answer stands
                 break
@@ -419,6 +405,7 @@ class Executor:
                 continue
             reached = reached or not never_reached(result)
             self._watch_endpoint(result)
+            self.limiter.observe(result, sent_at)
             if not should_retry(result, attempts, self.options, self.stopping):
                 break
             await wait_before_retry(attempts, result, self.options, self.limiter)

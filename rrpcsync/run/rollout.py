@@ -31,7 +31,7 @@ from rrpcsync.run.executor import (
     ProgressSink,
     Publisher,
     PublisherFactory,
-    RateLimiter,
+    limiter_for,
 )
 from rrpcsync.state import JsonFileStore, Recorder, State
 
@@ -163,7 +163,7 @@ class Rollout:
         self.inputs = inputs
         self.changes, self.policies, self.state = inputs.changes, inputs.policies, inputs.state
         self.publisher, self.commit = publisher, commit
-        self.limiter = RateLimiter(inputs.options.rate)
+        self.limiter = limiter_for(inputs.options)
         self.guard = Guard(inputs.flags, inputs.policies)
         self.report = ApplyReport(total=len(inputs.changes))
         self.current: Executor | None = None
