@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,73 @@ def run_cli(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     )
     elapsed = time.perf_counter() - started
     return elapsed, proc.returncode, proc.stdout[-300:] + proc.stderr[-300:]
+
+
+def run_cli_measured(args: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(seconds, peak RSS MiB of the process and its workers) of one `rrpcsync` run."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rrpcsync", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    errors = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args[:3]} failed ({proc.returncode}): {errors[-300:]!r}")
+    return elapsed, usage.ru_maxrss / 1024  # the child's own and its waited-for workers'
+
+
+def scale_point(devices: int, rounds: int, per_file: int = 100) -> dict[str, Any]:
+    """Plan of `devices` (JSON state, 1% changed) vs a bare parse, `rounds` interleaved runs."""
+    files = devices // per_file
+    with tempfile.TemporaryDirectory(prefix="rrpcsync-bench-scale-") as tmp:
+        root = Path(tmp)
+        fleet = write_fleet(root / "configs", files, per_file)
+        state_path = root / "state.json"
+        total = write_state(fleet, state_path, changed_every=100)
+        paths, _ = discover([fleet])
+        env = {**os.environ, "RRPCSYNC_ACCESS_TOKEN": "unused"}
+        env.pop("GITHUB_ACTIONS", None)
+        plan_args = ["-q", "plan", str(fleet), "--state", str(state_path), "--format", "json"]
+        bares, plans, peaks = [], [], []
+        for _ in range(rounds):
+            bares.append(bare_load(paths))
+            elapsed, peak = run_cli_measured(plan_args, env)
+            plans.append(elapsed)
+            peaks.append(peak)
+    bare, plan = statistics.median(bares), statistics.median(plans)
+    return {
+        "devices": total,
+        "rounds": rounds,
+        "bare_s": bare,
+        "plan_s": plan,
+        "ratio": statistics.median(p / b for p, b in zip(plans, bares, strict=True)),
+        "peak_rss_mib": max(peaks),
+        "plan_s_per_100k": plan * 100_000 / total,
+        "rss_mib_per_100k": max(peaks) * 100_000 / total,
+    }
+
+
+def scale_report(points: list[dict[str, Any]], targets: dict[int, float]) -> list[str]:
+    lines = ["plan at scale (JSON state, 1% changed; medians of interleaved runs):"]
+    for point in points:
+        target = targets.get(point["devices"])
+        verdict = ""
+        if target is not None:
+            ok = point["ratio"] <= target
+            verdict = f" (target <= {target:g}x)  {'OK' if ok else 'MISSED'}"
+        lines.append(
+            f"  {point['devices']:>9,} devices: plan {point['plan_s']:6.2f} s = "
+            f"{point['ratio']:.2f}x bare parse ({point['bare_s']:.2f} s){verdict}; "
+            f"{point['plan_s_per_100k']:.2f} s and {point['rss_mib_per_100k']:.0f} MiB per 100k; "
+            f"peak {point['peak_rss_mib']:.0f} MiB"
+        )
+    return lines
 
 
 def peak_rss_mib_children() -> float:
