@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # the sizes of docs/performance.md (a few minutes)
     python benchmarks/run.py --smoke         # tiny sizes: checks the benchmarks still run
     python benchmarks/run.py --only plan --files 200 --devices 100
+    python benchmarks/run.py --only inventory   # 100 CSV inventories x 1,000 rows
 
 Targets (issue "Performance"): plan <= 1.5x a bare CSafeLoader load, peak RSS <= 400 MiB,
 no-op apply <= plan and no state rewrite; apply >= 90% of min(parallelism/latency, rate) with
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 import bench_apply
+import bench_inventory
 import bench_plan
 
 
@@ -29,6 +31,10 @@ def mark(ok: bool) -> str:
 
 def run_plan(files: int, devices: int) -> list[str]:
     return bench_plan.report(bench_plan.bench(files, devices))
+
+
+def run_inventory(manifests: int, rows: int) -> list[str]:
+    return bench_inventory.report(bench_inventory.bench(manifests, rows))
 
 
 def run_throughput(cases: list[tuple[float, int, int]]) -> list[str]:
@@ -68,23 +74,27 @@ def run_writes(count: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
-    parser.add_argument("--only", choices=["plan", "apply", "rate", "writes"], action="append")
+    kinds = ["plan", "inventory", "apply", "rate", "writes"]
+    parser.add_argument("--only", choices=kinds, action="append")
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--devices", type=int, default=100, help="devices per file")
     parser.add_argument("--writes", type=int, default=100_000, help="devices for state writes")
     args = parser.parse_args()
-    only = set(args.only or ["plan", "apply", "rate", "writes"])
+    only = set(args.only or kinds)
     if args.smoke:
-        sizes = {"files": 70, "devices": 5, "writes": 300}
+        sizes = {"files": 70, "devices": 5, "writes": 300, "inventories": 70, "rows": 5}
         cases = [(0.05, 10, 100)]
         rate = (40.0, 0.5)
     else:
         sizes = {"files": args.files, "devices": args.devices, "writes": args.writes}
+        sizes |= {"inventories": 100, "rows": 1000}  # 100,000 devices from CSV files
         cases = [(0.2, 50, 2000), (0.2, 200, 4000), (2.0, 50, 500), (2.0, 200, 1000)]
         rate = (20.0, 40.0)
     lines: list[str] = []
     if "plan" in only:
         lines += run_plan(sizes["files"], sizes["devices"])
+    if "inventory" in only:
+        lines += run_inventory(sizes["inventories"], sizes["rows"])
     if "apply" in only:
         lines += run_throughput(cases)
     if "rate" in only:

@@ -14,6 +14,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ from rrpcsync.planning.selection import RecordFilter, Selection, failed_keys, un
 if TYPE_CHECKING:
     from rrpcsync.cloud.client import RrpcClient
     from rrpcsync.cloud.tokens import TokenSource
+    from rrpcsync.manifests.explain import Explanation
     from rrpcsync.run.executor import ApplyOptions, ApplyReport, ProgressSink
     from rrpcsync.state import RunRecord, State, StateStore
 
@@ -51,8 +53,10 @@ __all__ = [
     "LoggedIn",
     "Planned",
     "SendLimit",
+    "Windows",
     "apply_manifests",
     "check_drift",
+    "explain_device",
     "fatal_message",
     "load_saved_plan",
     "log_in",
@@ -124,12 +128,29 @@ class DriftCheck:
         return self.refresh or self.resync_after is not None
 
 
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """Maintenance windows (`spec.windows`): `ignore` sends now anyway (--ignore-windows);
+    `now` is the moment they are checked against (default: the current time)."""
+
+    ignore: bool = False
+    now: datetime | None = None
+
+    def apply(self, plan: Plan) -> Plan:
+        from rrpcsync.planning.deferral import defer_outside_windows, send_now
+
+        if self.ignore:
+            return send_now(plan)
+        return defer_outside_windows(plan, self.now or datetime.now(timezone.utc))
+
+
 @dataclass(slots=True)
 class Planned:
     """A plan and the state it was made against."""
 
     state: State
     plan: Plan
+    manifests: LoadResult | None = None  # what was loaded (None for a saved plan)
 
 
 @dataclass(slots=True)
@@ -201,11 +222,13 @@ def plan_manifests(
     say: Say = _quiet,
     record_observations: bool = False,
     only_failed: bool = False,
+    windows: Windows | None = None,
 ) -> Planned:
     """Diff the manifests against the store (the state loads while workers parse the manifests).
 
     With `drift`, devices are first probed (`connection`/`sending` say how) and `drift` changes
     planned; `record_observations` (apply) keeps what they reported in the loaded state.
+    Changes of manifests outside their maintenance windows are deferred (`windows`).
     """
     from rrpcsync.planning.planner import make_plan
 
@@ -243,7 +266,7 @@ def plan_manifests(
             _Sender(connection or Connection(), sending, progress, say),
             record_observations,
         )
-    return Planned(state, plan)
+    return Planned(state, (windows or Windows()).apply(plan), manifests=desired)
 
 
 def check_drift(
@@ -256,6 +279,7 @@ def check_drift(
     sending: ApplyOptions | None = None,
     progress: ProgressFactory | None = None,
     say: Say = _quiet,
+    windows: Windows | None = None,
 ) -> Planned:
     """`rrpcsync drift`: probe and plan, writing nothing (`plan --refresh`)."""
     return plan_manifests(
@@ -267,6 +291,7 @@ def check_drift(
         sending=sending,
         progress=progress,
         say=say,
+        windows=windows,
     )
 
 
@@ -348,6 +373,15 @@ def _probe(
     return report.observations
 
 
+def explain_device(planned: Planned, key: str) -> Explanation:
+    """The payload layers of one device (`plan --explain KEY`), from the manifests planned."""
+    from rrpcsync.manifests.explain import explain
+
+    if planned.manifests is None:
+        raise UsageError("--explain needs manifests, not a saved plan")
+    return explain(planned.manifests, key)
+
+
 # --------------------------------------------------------------------------- saved plans
 
 STALE_SHOWN = 5  # stale keys named in the refusal
@@ -377,14 +411,17 @@ def _refuse_saved_plan(paths: Sequence[str], command: str) -> None:
         raise UsageError(f"{plan_file} is a saved plan: `{command}` reads manifests (YAML)")
 
 
-def load_saved_plan(path: str, store: StateStore, say: Say = _quiet) -> Planned:
+def load_saved_plan(
+    path: str, store: StateStore, say: Say = _quiet, windows: Windows | None = None
+) -> Planned:
     """A saved plan checked against the store: a plan with any stale change is refused whole.
 
     A change is stale when a run changed its device since the plan was made (another request
     was sent, or the acknowledged payload moved), unless the device now holds exactly what the
     plan would send: such changes were already applied and are left out, so applying the same
     plan twice sends nothing the second time. Updates get the recorded payload as their
-    `payload_before`, so the plan shows the same diff `plan` showed.
+    `payload_before`, so the plan shows the same diff `plan` showed. Maintenance windows are
+    checked now, not when the plan was made.
     """
     from rrpcsync.planning.document import plan_from_document
 
@@ -418,7 +455,7 @@ def load_saved_plan(path: str, store: StateStore, say: Say = _quiet) -> Planned:
         summary=_summary_of(changes, saved.summary.noop + len(done)),
         new_state=None if state.exists else state.location,
     )
-    return Planned(state, plan)
+    return Planned(state, (windows or Windows()).apply(plan))
 
 
 def _sort_saved(
@@ -505,12 +542,15 @@ def apply_manifests(
     progress: ProgressFactory | None = None,
     say: Say = _quiet,
     only_failed: bool = False,
+    windows: Windows | None = None,
 ) -> Applied:
     """Plan (or load the one saved plan in `paths`), show, confirm, send, record, save.
 
     `confirm` raises to refuse. Holds the store's lock throughout. A saved plan is applied
     exactly as saved: selection, prune and drift options are refused with it (UsageError);
     the sending and rollout options apply to it as to any plan.
+    Changes outside their manifest's maintenance windows are not sent (`deferred`), unless
+    `windows.ignore`.
     """
     from rrpcsync.state import utc_now
 
@@ -521,7 +561,7 @@ def apply_manifests(
         _refuse_narrowing(selection or Selection(), prune, drift, only_failed)
     with store.lock("apply", timeout=lock_timeout):
         if plan_file is not None:
-            planned = load_saved_plan(plan_file, store, say)
+            planned = load_saved_plan(plan_file, store, say, windows)
         else:
             planned = plan_manifests(
                 paths,
@@ -535,6 +575,7 @@ def apply_manifests(
                 say=say,
                 record_observations=True,
                 only_failed=only_failed,
+                windows=windows,
             )
         the_plan, state = planned.plan, planned.state
         # no token, an unsafe endpoint: an error before the plan is shown, not after
@@ -609,7 +650,7 @@ def _execute(
     make_publisher: Callable[[], RrpcClient] | None,
 ) -> ApplyReport:
     """Forget orphans (with prune), then send in rollout order."""
-    from rrpcsync.run.executor import ApplyReport
+    from rrpcsync.run.executor import ApplyReport, deferred_keys
     from rrpcsync.run.rollout import apply_rollout
 
     the_plan, state = planned.plan, planned.state
@@ -628,6 +669,7 @@ def _execute(
             recorder=store.recorder(state),
         )
     report.pruned = pruned
+    report.deferred = deferred_keys(the_plan)
     return report
 
 

@@ -50,6 +50,7 @@ class DesiredDevice(NamedTuple):
     template: str | None = None  # the payload with its `${env:…}` references, if sensitive
     expect: Expectation | None = None  # reply check (`expect`), shared by a manifest's devices
     probe: Probe | None = None  # drift probe (`spec.probe`), shared by a manifest's devices
+    overrides: tuple[str, ...] = ()  # "file:line" of each `spec.overrides` entry that applied
 
     @property
     def source(self) -> str:
@@ -112,6 +113,13 @@ class Change:
     # the record's request_id when planned ("" no record or none): a saved plan notices that
     # a run sent to the device since (docs/plan-json.md); None: not known (an older plan file)
     base_request_id: str | None = ""
+    overrides: tuple[str, ...] = ()  # "file:line" of the `spec.overrides` that built the payload
+    deferred_until: str | None = None  # outside its maintenance windows: the next opening (UTC)
+
+    @property
+    def deferred(self) -> bool:
+        """Waiting for its manifest's maintenance window: apply does not send it now."""
+        return self.deferred_until is not None
 
     @property
     def shown_payload(self) -> str | None:
@@ -129,14 +137,16 @@ class Summary:
     drift: int = 0
     probed: int = 0  # devices sent a drift probe (--refresh)
     unreachable: int = 0  # probed devices that did not answer (listed, not changes)
+    deferred: int = 0  # of the changes above, those waiting for a maintenance window
 
     @property
     def to_send(self) -> int:
-        return self.create + self.update + self.retry + self.drift
+        """Changes apply sends now (deferred ones wait for their window)."""
+        return self.create + self.update + self.retry + self.drift - self.deferred
 
     @property
     def has_changes(self) -> bool:
-        return self.to_send + self.orphan > 0
+        return self.to_send + self.deferred + self.orphan > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +167,13 @@ class Plan:
 
     @property
     def actionable(self) -> bool:
-        """Apply would send or forget something (orphans count only with --prune)."""
+        """Apply would send or forget something now (orphans count only with --prune)."""
         return self.summary.to_send > 0 or (self.prune and self.summary.orphan > 0)
+
+    @property
+    def pending(self) -> bool:
+        """Something to apply now or in a coming maintenance window (`--detailed-exitcode`)."""
+        return self.actionable or self.summary.deferred > 0
 
 
 class SelectionCount(NamedTuple):
@@ -188,12 +203,23 @@ class RolloutSpec(NamedTuple):
     min_sample: int | None = None
 
 
+class Window(NamedTuple):
+    """A weekly maintenance window (`spec.windows`, rrpcsync/manifests/windows.py)."""
+
+    days: frozenset[int]  # date.weekday() of the days the window starts on
+    start: int  # local minutes after midnight in `timezone`
+    end: int  # minutes; <= start: the next day; 1440: the midnight that ends the day
+    timezone: str  # IANA zone name
+
+
 class ManifestPolicy(NamedTuple):
-    """How a manifest's devices are ordered and staged (`spec.priority/dependsOn/rollout`)."""
+    """How a manifest's devices are ordered, staged and scheduled
+    (`spec.priority/dependsOn/rollout/windows`)."""
 
     priority: int = 0
     depends_on: tuple[str, ...] = ()
     rollout: RolloutSpec = RolloutSpec()
+    windows: tuple[Window, ...] = ()  # none: always open
 
 
 class Probe(NamedTuple):

@@ -46,6 +46,18 @@ def test_every_option_is_documented() -> None:
     assert missing == []
 
 
+def test_every_manifest_key_is_documented() -> None:
+    from rrpcsync.manifests.loader import schema
+
+    full = schema()
+    spec_keys = full["properties"]["spec"]["properties"]
+    missing = [f"spec.{key}" for key in spec_keys if f"spec.{key}" not in DOCS]
+    defs = full["$defs"]
+    for name in ("window", "override", "rollout", "probe", "expect"):
+        missing += [f"{name}.{key}" for key in defs[name]["properties"] if f"`{key}`" not in DOCS]
+    assert missing == []
+
+
 def test_every_exit_code_is_in_the_readme_table() -> None:
     for code in ExitCode:
         assert re.search(rf"^\| {int(code)} \|", README, flags=re.M), code

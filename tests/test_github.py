@@ -771,7 +771,12 @@ def test_drift_issue_lifecycle(tmp_path: Path) -> None:
     assert [name for name, _ in calls] == ["createComment", "update"]
     assert "2 device(s) stay failed" in calls[1][1]["title"]
 
-    env["APPLY_EXITCODE"] = "0"
+    env["APPLY_EXITCODE"] = "0"  # outside a maintenance window: deferred, still failed
+    assert github_script(tmp_path, "drift.yml", step, {"issues": [issue]}, **env) == []
+
+    for device in devices.values():
+        device.update(status="applied", last_error=None)
+    state.write_text(json.dumps({"devices": devices}), encoding="utf-8")
     calls = github_script(tmp_path, "drift.yml", step, {"issues": [issue]}, **env)
     assert [name for name, _ in calls] == ["createComment", "update"]
     assert calls[1][1]["state"] == "closed"

@@ -18,11 +18,13 @@ from rrpcsync.cli.inputs import (
     rollout_flags,
     selection_from,
     sending_options,
+    windows_from,
 )
 from rrpcsync.cli.options import (
     client_options,
     detail_option,
     format_option,
+    ignore_windows_option,
     lock_timeout_option,
     max_sends_option,
     only_failed_option,
@@ -33,7 +35,7 @@ from rrpcsync.cli.options import (
     selection_options,
     state_option,
 )
-from rrpcsync.cli.summary import NO_CHANGES_REPORT, render_report
+from rrpcsync.cli.summary import NO_CHANGES_REPORT, deferred_note, render_report
 from rrpcsync.cli.validate import report_diagnostics
 from rrpcsync.errors import ExitCode, ManifestError, UsageError
 from rrpcsync.model import Plan, RolloutSpec
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
         "rrpcsync apply --canary 5 --waves 10%,50% --max-failure-rate 2 --auto-approve",
         "rrpcsync apply --refresh --auto-approve   # probe for drift and correct it",
         "rrpcsync apply --only-failed --auto-approve   # retry only what failed last time",
+        "rrpcsync apply --ignore-windows --auto-approve   # emergency: outside the windows too",
     )
 )
 @paths_argument
@@ -67,15 +70,17 @@ if TYPE_CHECKING:
 @selection_options
 @only_failed_option
 @prune_option
+@ignore_windows_option
 @refresh_options
 def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options: Any) -> None:
     """Send the plan's changes (create, update, retry, drift) and record every reply in the state.
 
     PATHS are manifest files/folders, or one saved plan (`plan --out`), applied exactly as
-    saved: --target/--exclude/--selector/--only-failed/--prune/--refresh are refused. Exit 0 all
-    applied, 3 some devices failed or were blocked, or the rollout was aborted
-    (docs/rollouts.md), 1 fatal error, unreachable endpoint, stale saved plan or above
-    --max-sends, 4 locked, 130 interrupted.
+    saved: --target/--exclude/--selector/--only-failed/--prune/--refresh are refused.
+    Changes outside their manifest's maintenance windows (spec.windows) are deferred, not
+    sent. Exit 0 all applied (or deferred), 3 some devices failed or were blocked, or the
+    rollout was aborted (docs/rollouts.md), 1 fatal error, unreachable endpoint, stale saved
+    plan or above --max-sends, 4 locked, 130 interrupted.
     """
     json_out = options["output_format"] == "json"
     rollout = rollout_flags(options)
@@ -98,13 +103,17 @@ def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options
             progress=progress_bar,
             say=info,
             only_failed=options["only_failed"],
+            windows=windows_from(options),
         )
     except ManifestError as error:
         report_diagnostics(error, "text")
         raise SystemExit(ExitCode.ERROR) from None
     if applied.report is None:
+        deferred = sorted(c.key for c in applied.planned.plan.changes if c.deferred)
         if json_out:
-            out(json.dumps(NO_CHANGES_REPORT, indent=2))
+            out(json.dumps({**NO_CHANGES_REPORT, "deferred": deferred}, indent=2))
+        elif deferred:
+            out(deferred_note(applied.planned.plan))
         return
     render_report(applied.report, json_out, applied.fatal)
     raise SystemExit(apply_exit_code(applied.report, applied.fatal))

@@ -55,6 +55,10 @@ def drift_from(options: dict[str, Any]) -> api.DriftCheck:
     return api.DriftCheck(options.get("refresh", False), options.get("resync_after"))
 
 
+def windows_from(options: dict[str, Any]) -> api.Windows:
+    return api.Windows(ignore=options.get("ignore_windows", False))
+
+
 def rollout_flags(options: dict[str, Any]) -> RolloutSpec:
     """The rollout flags of apply; each one given overrides the manifests' `spec.rollout`."""
     return RolloutSpec(

@@ -117,6 +117,20 @@ max_sends_option = click.option(
     "more than P% of the selected devices (env RRPCSYNC_MAX_SENDS).",
 )
 
+ignore_windows_option = click.option(
+    "--ignore-windows",
+    is_flag=True,
+    help="Send now even outside the manifests' maintenance windows (spec.windows): emergencies.",
+)
+
+explain_option = click.option(
+    "--explain",
+    "explain_key",
+    metavar="KEY",
+    help="Show how the payload of device KEY (ProductId/DeviceName) is built: each layer "
+    "(spec.payload, matching overrides, the device's own) and which one set each value.",
+)
+
 prune_option = click.option(
     "--prune", is_flag=True, help="Forget orphaned devices (no longer declared) from the state."
 )

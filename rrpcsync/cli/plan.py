@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import click
@@ -15,10 +16,13 @@ from rrpcsync.cli.inputs import (
     progress_bar,
     selection_from,
     sending_options,
+    windows_from,
 )
 from rrpcsync.cli.options import (
     client_options,
+    explain_option,
     format_option,
+    ignore_windows_option,
     only_failed_option,
     paths_argument,
     plan_output_options,
@@ -29,9 +33,11 @@ from rrpcsync.cli.options import (
     state_option,
 )
 from rrpcsync.cli.output import write_plan_outputs
-from rrpcsync.cli.validate import report_diagnostics
+from rrpcsync.cli.validate import report_diagnostics, report_warnings
 from rrpcsync.errors import ExitCode, ManifestError
 from rrpcsync.model import Plan
+from rrpcsync.planning import render
+from rrpcsync.planning.deferral import schedule_text
 from rrpcsync.planning.selection import Selection
 
 
@@ -43,6 +49,7 @@ from rrpcsync.planning.selection import Selection
         "rrpcsync plan --target 'ASBHKN/dev-*' --selector site=shanghai",
         "rrpcsync plan --detailed-exitcode   # exit 2 when there are changes",
         "rrpcsync plan --refresh             # probe devices for drift first",
+        "rrpcsync plan --explain ASBHKN/dev-002   # which layer set each payload value",
     )
 )
 @paths_argument
@@ -57,6 +64,8 @@ from rrpcsync.planning.selection import Selection
 @selection_options
 @only_failed_option
 @prune_option
+@ignore_windows_option
+@explain_option
 @refresh_options
 @client_options
 def plan(
@@ -72,20 +81,36 @@ def plan(
     selectors: tuple[str, ...],
     only_failed: bool,
     prune: bool,
+    explain_key: str | None,
     **options: Any,
 ) -> None:
     """Show what apply would send: devices to create, update, retry, drifted, and orphans.
 
     Reads the state but never writes it (with --refresh too: what the probes saw is only
-    shown). Invalid manifests print the validate output, exit 1.
+    shown). Changes outside their manifest's maintenance windows show as deferred. Invalid
+    manifests print the validate output, exit 1. --explain KEY prints one device's layers.
     """
     selection = selection_from(targets, excludes, selectors)
-    the_plan = plan_and_show(
+    planned = plan_and_show(
         paths, state_path, selection, prune, {**options, "only_failed": only_failed}
     )
+    if explain_key is not None:
+        show_explanation(planned, explain_key)
+        return
+    the_plan = planned.plan
     write_plan_outputs(the_plan, output_format, out_path, md_path, detail)
-    if detailed_exitcode and the_plan.actionable:
+    if detailed_exitcode and the_plan.pending:
         raise SystemExit(ExitCode.CHANGES)
+
+
+def show_explanation(planned: api.Planned, key: str) -> None:
+    explained = api.explain_device(planned, key)
+    change = next((c for c in planned.plan.changes if c.key == key), None)
+    policy = planned.plan.policies.get(explained.device.manifest)
+    now = datetime.now(timezone.utc)
+    schedule = schedule_text(policy.windows if policy else (), now)
+    for line in render.explanation_lines(explained, change, schedule):
+        click.echo(line)
 
 
 @cli.command(
@@ -121,9 +146,9 @@ def drift(
     Exit 1 on errors.
     """
     selection = selection_from(targets, excludes, selectors)
-    the_plan = plan_and_show(paths, state_path, selection, False, {**options, "refresh": True})
-    write_plan_outputs(the_plan, output_format, out_path, md_path, detail)
-    if drift_alert(the_plan):
+    planned = plan_and_show(paths, state_path, selection, False, {**options, "refresh": True})
+    write_plan_outputs(planned.plan, output_format, out_path, md_path, detail)
+    if drift_alert(planned.plan):
         raise SystemExit(ExitCode.CHANGES)
 
 
@@ -140,7 +165,7 @@ def plan_and_show(
     selection: Selection,
     prune: bool,
     options: dict[str, Any],
-) -> Plan:
+) -> api.Planned:
     """The plan of `plan` and `drift`; invalid manifests print the validate output, exit 1."""
     try:
         planned = api.plan_manifests(
@@ -154,8 +179,11 @@ def plan_and_show(
             progress=progress_bar,
             say=info,
             only_failed=options.get("only_failed", False),
+            windows=windows_from(options),
         )
     except ManifestError as error:
         report_diagnostics(error, "text")
         raise SystemExit(ExitCode.ERROR) from None
-    return planned.plan
+    if planned.manifests is not None:
+        report_warnings(planned.manifests.warnings, "text")
+    return planned

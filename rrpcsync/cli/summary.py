@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from rrpcsync.cli.app import out
 from rrpcsync.cli.output import append_step_summary
+from rrpcsync.model import Plan
 from rrpcsync.planning import render
+from rrpcsync.planning.deferral import next_window
 
 if TYPE_CHECKING:
     from rrpcsync.run.executor import ApplyReport
@@ -26,6 +28,7 @@ NO_CHANGES_REPORT: dict[str, Any] = {
     "blocked": [],
     "aborted": None,
     "fatal": None,
+    "deferred": [],
 }
 
 
@@ -47,6 +50,7 @@ def report_document(report: ApplyReport, fatal: str | None = None) -> dict[str, 
         "blocked": sorted(report.blocked),
         "aborted": report.aborted,
         "fatal": _fatal_document(report, fatal),
+        "deferred": sorted(report.deferred),
     }
 
 
@@ -55,6 +59,14 @@ def _fatal_document(report: ApplyReport, fatal: str | None) -> dict[str, Any] | 
     if report.fatal is None:
         return None
     return {"code": report.fatal.code or "Unknown", "message": fatal or report.fatal.message}
+
+
+def deferred_note(plan: Plan) -> str:
+    """Apply with only deferred changes: nothing sent, and when the next window opens."""
+    return (
+        f"Nothing sent: {plan.summary.deferred} change(s) deferred until their maintenance "
+        f"window opens (next: {next_window(plan)}); --ignore-windows sends them now."
+    )
 
 
 def summary_lines(report: ApplyReport) -> list[str]:
@@ -68,9 +80,15 @@ def summary_lines(report: ApplyReport) -> list[str]:
         report.elapsed,
         report.requests,
         report.interrupted,
+        len(report.deferred),
     )
     if report.blocked:
         lines.append(f"  blocked {len(report.blocked):>5}  (a dependency had failures)")
+    if report.deferred:
+        lines.append(
+            f"  deferred {len(report.deferred):>4}  (outside their maintenance windows; "
+            "--ignore-windows sends them now)"
+        )
     lines += render.failed_device_lines({key: err.code for key, err in report.failed.items()})
     lines += render.device_list_lines("Stale (not sent)", report.stale)
     lines += render.device_list_lines("Blocked (a dependency had failures)", report.blocked)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import click
 
 from rrpcsync import api
 from rrpcsync.cli.app import cli, examples, info, out
 from rrpcsync.cli.options import format_option, paths_argument
-from rrpcsync.errors import ExitCode, ManifestError
+from rrpcsync.errors import Diagnostic, ExitCode, ManifestError
 from rrpcsync.manifests import loader
 from rrpcsync.planning import render
 
@@ -46,9 +47,21 @@ def validate(paths: tuple[str, ...], output_format: str) -> None:
     except ManifestError as error:
         report_diagnostics(error, output_format)
         raise SystemExit(ExitCode.ERROR) from None
+    report_warnings(result.warnings, output_format)
     if output_format == "json":
         out("[]")
     info(f"valid: {loader.summary_line(result)}")
+
+
+def report_warnings(warnings: Sequence[Diagnostic], output_format: str) -> None:
+    """Problems that do not make the manifests invalid (an override matching no device)."""
+    if output_format == "json":
+        return
+    for diag in warnings:
+        info(render.diagnostic_line(diag, "warning"))
+    if output_format == "github" or os.environ.get("GITHUB_ACTIONS") == "true":
+        for diag in warnings:
+            out(render.github_annotation(diag, "warning"))
 
 
 @cli.command(epilog=examples("rrpcsync schema > rrpcsync.schema.json"))

@@ -25,13 +25,34 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from rrpcsync import secrets
 from rrpcsync.errors import Diagnostic, ManifestError
 from rrpcsync.jsontext import canonical_payload
+from rrpcsync.manifests import inventory
 from rrpcsync.manifests import probe as probes
-from rrpcsync.manifests.expect import ManifestExpectations, check_echo_payload
+from rrpcsync.manifests.expect import ManifestExpectations, check_echo_payload, parse_expectation
 from rrpcsync.manifests.files import input_file_problem, read_manifest_file
+from rrpcsync.manifests.overrides import NO_MATCH, Layering, merge, parse_overrides
 from rrpcsync.manifests.policy import DEFAULT_POLICY, dependency_problems, parse_policy
-from rrpcsync.model import EMPTY_LABELS, DesiredDevice, ManifestPolicy
+from rrpcsync.model import EMPTY_LABELS, DesiredDevice, Expectation, ManifestPolicy
 
 T = TypeVar("T")
+__all__ = ["merge"]  # re-exported: the deep merge lives with the other layers (overrides.py)
+
+# A device to expand: (name, productId or None, labels, own payload, expect, file, line,
+# column, path of its list in the document, index in that list, reporter for that document).
+# A plain tuple: 100,000 of them pass through the loop.
+Entry = tuple[
+    str,
+    "str | None",
+    "Mapping[str, str]",
+    Any,
+    "Expectation | None",
+    str,
+    int,
+    int,
+    tuple[Any, ...],
+    int,
+    "Report",
+]
+Report = Callable[[tuple[Any, ...], str], None]
 
 API_VERSION = "rrpcsync/v1"
 MAX_PAYLOAD_BYTES = 65_536  # MQTT message limit (InvalidParameterValue.PayloadOverLimit)
@@ -133,29 +154,39 @@ def schema() -> dict[str, Any]:
     return loaded
 
 
-@cache
-def _fast_validator() -> tuple[Callable[[Any], Any], type[Exception]]:
-    """The validator compiled ahead of time (scripts/compile_schema.py), or compiled now if
-    the schema changed since; and the exception it raises."""
-    from rrpcsync.manifests.schema import compiled
+def _schema_of(definition: str | None) -> dict[str, Any]:
+    """The manifest schema, or one of its `$defs` (e.g. "devices": an inventory list)."""
+    if definition is None:
+        return schema()
+    full = schema()
+    return {"$id": full["$id"], "$defs": full["$defs"], "$ref": f"#/$defs/{definition}"}
 
-    if sha256_text(schema_text()) == compiled.SCHEMA_SHA256:
-        shipped: Callable[[Any], Any] = compiled.validate
-        return shipped, compiled.JsonSchemaValueException
+
+@cache
+def _fast_validator(definition: str | None = None) -> tuple[Callable[[Any], Any], type[Exception]]:
+    """The validator compiled ahead of time (scripts/compile_schema.py), or compiled now if
+    the schema changed since or for one of its `$defs` (an inventory list); and the exception
+    it raises."""
+    if definition is None:
+        from rrpcsync.manifests.schema import compiled
+
+        if sha256_text(schema_text()) == compiled.SCHEMA_SHA256:
+            shipped: Callable[[Any], Any] = compiled.validate
+            return shipped, compiled.JsonSchemaValueException
     import fastjsonschema
 
-    return fastjsonschema.compile(schema()), fastjsonschema.JsonSchemaException
+    return fastjsonschema.compile(_schema_of(definition)), fastjsonschema.JsonSchemaException
 
 
 @cache
-def _full_validator() -> Any:
+def _full_validator(definition: str | None = None) -> Any:
     from jsonschema import Draft202012Validator
 
-    return Draft202012Validator(schema())
+    return Draft202012Validator(_schema_of(definition))
 
 
-def _is_valid_fast(document: Any) -> bool:
-    validate, invalid = _fast_validator()
+def _is_valid_fast(document: Any, definition: str | None = None) -> bool:
+    validate, invalid = _fast_validator(definition)
     try:
         validate(document)
     except invalid:
@@ -168,26 +199,6 @@ def _is_valid_fast(document: Any) -> bool:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def merge(base: Any, override: Any) -> Any:
-    """Deep merge: mappings merge key by key, `None` deletes a key, anything else replaces.
-
-    `None` deletes at every depth, also inside a mapping the base does not have (or has as
-    a scalar): the override's nulls are never sent.
-    """
-    if not (isinstance(base, dict) and isinstance(override, dict)):
-        return override
-    merged = dict(base)
-    for key, value in override.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, dict):
-            current = merged.get(key)
-            merged[key] = merge(current if isinstance(current, dict) else {}, value)
-        else:
-            merged[key] = value
-    return merged
 
 
 # --------------------------------------------------------------------------- results
@@ -210,6 +221,7 @@ class LoadResult:
     manifests: list[ManifestInfo] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     files: int = 0
+    warnings: list[Diagnostic] = field(default_factory=list)  # e.g. an override matching nothing
 
     @property
     def ok(self) -> bool:
@@ -220,6 +232,7 @@ class LoadResult:
         self.manifests.extend(other.manifests)
         self.diagnostics.extend(other.diagnostics)
         self.files += other.files
+        self.warnings.extend(other.warnings)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -497,60 +510,223 @@ def _load_document(file: str, document: Any, root: Node, result: LoadResult) -> 
     name = metadata["name"]
     product_id = spec["productId"]
     labels = metadata.get("labels") or EMPTY_LABELS
-    default_payload = spec.get("payload")
-    device_nodes = _lookup(root, ("spec", "devices"))
-    assert isinstance(device_nodes, SequenceNode)
     devices_before = len(result.devices)
+    problems_before = len(result.diagnostics)
     report = _reporter(file, root, result.diagnostics)
     policy = parse_policy(spec, report)
     expectations = ManifestExpectations(spec.get("expect"), report)
     probe = probes.parse_probe(spec.get("probe"), report)
-    # the shared payload's (text, sha256, template), made once per manifest
-    default: tuple[str, str, str | None] | None = None
-    for index, (entry, node) in enumerate(zip(spec["devices"], device_nodes.value, strict=True)):
-        line = node.start_mark.line + 1
-        if isinstance(entry, str):
-            device_name, device_labels, override = entry, labels, None
+    override_marks = _item_marks(root, ("spec", "overrides"))
+    layers = Layering(
+        spec.get("payload"), parse_overrides(spec.get("overrides"), file, override_marks, report)
+    )
+    # the payload (text, sha256, template) of devices without their own, made once per set
+    # of matching overrides (without overrides: once per manifest)
+    shared: dict[tuple[int, ...], tuple[str, str, str | None]] = {}
+    any_overrides = bool(layers.overrides)
+    for entry in _entries(file, root, spec, labels, expectations, report, result.diagnostics):
+        device_name, product, device_labels, own_payload, expect, where, line, column = entry[:8]
+        matched = layers.matching(device_labels) if any_overrides else NO_MATCH
+        if own_payload is None and matched in shared:
+            text, digest, template = shared[matched]
         else:
-            device_name = entry["name"]
-            device_labels = {**labels, **entry["labels"]} if "labels" in entry else labels
-            override = entry.get("payload")
-        path = f"$.spec.devices[{index}]"
-        if override is None and default is not None:
-            text, digest, template = default
-        else:
-            payload = default_payload if override is None else merge(default_payload, override)
-            made = _payload_text(file, line, node, path, payload, result.diagnostics)
+            base = layers.base(matched)
+            payload = base if own_payload is None else merge(base, own_payload)
+            path = (*entry[8], entry[9])
+            made = _payload_text(
+                where, line, column, path, payload, result.diagnostics, layers.sources(matched)
+            )
             if made is None:
                 continue
             (text, template), digest = made, sha256_text(made[0])
-            if override is None:
-                default = (text, digest, template)
-        expect = expectations.of(index, entry)
+            if own_payload is None:
+                shared[matched] = (text, digest, template)
         if expect is not None and not check_echo_payload(
-            expect, text, ("spec", "devices", index), report
+            expect, text, (*entry[8], entry[9]), entry[10]
         ):
             continue
+        device_product = product or product_id
         result.devices.append(
             DesiredDevice(
-                key=f"{product_id}/{device_name}",
-                product_id=product_id,
+                key=f"{device_product}/{device_name}",
+                product_id=device_product,
                 device_name=device_name,
                 manifest=name,
                 payload=text,
                 payload_sha256=digest,
-                file=file,
+                file=where,
                 line=line,
                 labels=device_labels,
                 template=template,
                 expect=expect,
                 probe=probe,
+                overrides=layers.sources(matched) if matched else (),
             )
         )
     line, _ = _mark(root)
     count = len(result.devices) - devices_before
+    if count == 0 and len(result.diagnostics) == problems_before:
+        report(("spec", "devicesFrom"), "no devices: the inventories list none")
+    for unused in layers.unused():
+        message = f"override selector {unused.selector!r} matches no device of this manifest"
+        json_path = f"$.spec.overrides[{unused.position}].selector"
+        result.warnings.append(Diagnostic(file, unused.line, unused.column, json_path, message))
     marks = _item_marks(root, ("spec", "dependsOn"))
     result.manifests.append(ManifestInfo(name, file, line, product_id, count, policy, marks))
+
+
+def _entries(
+    file: str,
+    root: Node,
+    spec: Mapping[str, Any],
+    labels: Mapping[str, str],
+    expectations: ManifestExpectations,
+    report: Report,
+    problems: list[Diagnostic],
+) -> Iterator[Entry]:
+    """The devices to expand: `spec.devices`, then each `spec.devicesFrom` inventory's;
+    `labels` (the manifest's) under each device's own."""
+    if "devices" in spec:
+        nodes = _lookup(root, ("spec", "devices"))
+        assert isinstance(nodes, SequenceNode)
+        prefix = ("spec", "devices")
+        yield from _list_entries(
+            file, spec["devices"], nodes, prefix, labels, expectations.of, report
+        )
+    if "devicesFrom" in spec:
+        references = spec["devicesFrom"]
+        yield from _inventory_entries(file, references, labels, expectations, report, problems)
+
+
+def _list_entries(
+    file: str,
+    items: Sequence[Any],
+    nodes: SequenceNode,
+    prefix: tuple[Any, ...],
+    labels: Mapping[str, str],
+    expect_of: Callable[[int, Any], Expectation | None],
+    report: Report,
+) -> Iterator[Entry]:
+    for index, (item, node) in enumerate(zip(items, nodes.value, strict=True)):
+        mark = node.start_mark
+        if isinstance(item, str):
+            yield (
+                item,
+                None,
+                labels,
+                None,
+                expect_of(index, item),
+                file,
+                mark.line + 1,
+                mark.column + 1,
+                prefix,
+                index,
+                report,
+            )
+        else:
+            yield (
+                item["name"],
+                None,
+                {**labels, **item["labels"]} if "labels" in item else labels,
+                item.get("payload"),
+                expect_of(index, item),
+                file,
+                mark.line + 1,
+                mark.column + 1,
+                prefix,
+                index,
+                report,
+            )
+
+
+def _inventory_entries(
+    file: str,
+    references: list[str],
+    labels: Mapping[str, str],
+    expectations: ManifestExpectations,
+    report: Report,
+    problems: list[Diagnostic],
+) -> Iterator[Entry]:
+    files, missing = inventory.resolve(file, references)
+    for index, message in missing:
+        report(("spec", "devicesFrom", index), message)
+    for source in files:
+        try:
+            text = inventory.read_text(source.path)
+        except inventory.InventoryError as exc:
+            problems.append(Diagnostic(source.path, exc.line, exc.column, "$", exc.message))
+            continue
+        if inventory.is_csv(source.path):
+            yield from _csv_entries(source.path, text, labels, expectations.default, problems)
+        else:
+            yield from _yaml_inventory_entries(source.path, text, labels, expectations, problems)
+
+
+def _csv_entries(
+    path: str,
+    text: str,
+    labels: Mapping[str, str],
+    expect: Expectation | None,
+    problems: list[Diagnostic],
+) -> Iterator[Entry]:
+    def report(where: tuple[Any, ...], message: str) -> None:
+        problems.append(Diagnostic(path, where[0], 1, "$", message))
+
+    row_problems: list[inventory.CsvProblem] = []
+    try:
+        for row in inventory.read_csv(path, text, row_problems, labels):
+            yield (
+                row.name,
+                row.product_id,
+                row.labels,
+                None,
+                expect,
+                path,
+                row.line,
+                1,
+                (),
+                row.line,
+                report,
+            )
+    except inventory.InventoryError as exc:
+        problems.append(Diagnostic(path, exc.line, exc.column, "$", exc.message))
+    problems.extend(Diagnostic(path, p.line, p.column, "$", p.message) for p in row_problems)
+
+
+def _yaml_inventory_entries(
+    path: str,
+    text: str,
+    labels: Mapping[str, str],
+    expectations: ManifestExpectations,
+    problems: list[Diagnostic],
+) -> Iterator[Entry]:
+    """A YAML/JSON inventory: one list shaped like `spec.devices`."""
+    problems_before = len(problems)
+    documents = list(_documents(path, text, problems))
+    if len(problems) > problems_before:
+        return
+    if not documents:
+        problems.append(Diagnostic(path, 1, 1, "$", "inventory holds no device list"))
+        return
+    if len(documents) > 1:
+        problems.append(
+            Diagnostic(path, *_mark(documents[1][1]), "$", "inventory holds more than one document")
+        )
+        return
+    items, root = documents[0]
+    if not _is_valid_fast(items, "devices"):
+        problems.extend(schema_problems(path, items, root, "devices"))
+        return
+    assert isinstance(root, SequenceNode)  # the schema checked that it is a list
+    report = _reporter(path, root, problems)
+
+    def expect_of(index: int, item: Any) -> Expectation | None:
+        if isinstance(item, str) or "expect" not in item:
+            return expectations.default
+        raw = item["expect"]
+        return None if raw is None else parse_expectation(raw, (index, "expect"), report)
+
+    yield from _list_entries(path, items, root, (), labels, expect_of, report)
 
 
 def _reporter(file: str, root: Node, problems: list[Diagnostic]) -> Callable[..., None]:
@@ -570,10 +746,17 @@ def _item_marks(root: Node, path: tuple[str, ...]) -> tuple[tuple[int, int], ...
 
 
 def _payload_text(
-    file: str, line: int, node: Node, path: str, payload: Any, problems: list[Diagnostic]
+    file: str,
+    line: int,
+    column: int,
+    where: tuple[Any, ...],
+    payload: Any,
+    problems: list[Diagnostic],
+    overrides: tuple[str, ...] = (),
 ) -> tuple[str, str | None] | None:
     """(payload to send, its `${env:…}` template or None), or None after a diagnostic."""
-    column = node.start_mark.column + 1
+    path = _json_path(where)
+    built = f" (with the overrides at {', '.join(overrides)})" if overrides else ""
     if payload is None:
         message = "device has no payload: set spec.payload or the device's own payload"
         problems.append(Diagnostic(file, line, column, path, message))
@@ -581,7 +764,7 @@ def _payload_text(
     try:
         text = canonical_payload(payload)
     except (TypeError, ValueError, RecursionError) as exc:
-        message = f"payload cannot be sent as JSON: {_json_reason(exc)}"
+        message = f"payload cannot be sent as JSON: {_json_reason(exc)}{built}"
         problems.append(Diagnostic(file, line, column, path + ".payload", message))
         return None
     template = None
@@ -598,7 +781,9 @@ def _payload_text(
             return None
     size = len(text.encode("utf-8"))
     if size > MAX_PAYLOAD_BYTES:
-        message = f"payload is {size:,} bytes, over the {MAX_PAYLOAD_BYTES:,}-byte MQTT limit"
+        message = (
+            f"payload is {size:,} bytes, over the {MAX_PAYLOAD_BYTES:,}-byte MQTT limit{built}"
+        )
         problems.append(Diagnostic(file, line, column, path + ".payload", message))
         return None
     return text, template
@@ -615,10 +800,12 @@ def _json_reason(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- schema errors
 
 
-def schema_problems(file: str, document: Any, root: Node) -> list[Diagnostic]:
+def schema_problems(
+    file: str, document: Any, root: Node, definition: str | None = None
+) -> list[Diagnostic]:
     """Every schema violation of one document, each at the line of the offending node."""
     problems: list[Diagnostic] = []
-    for error in _full_validator().iter_errors(document):
+    for error in _full_validator(definition).iter_errors(document):
         for path, message in _explain(error):
             node = _lookup(root, path, at_key=True)
             line, column = _mark(node if node is not None else root)
@@ -729,6 +916,23 @@ def cross_file_problems(result: LoadResult) -> list[Diagnostic]:
             problems.append(Diagnostic(device.file, device.line, 1, "$.spec.devices", message))
     problems.extend(dependency_problems(result.manifests))
     return problems
+
+
+def file_documents(path: str) -> list[tuple[Any, Node]]:
+    """The documents of one YAML file with their node trees (problems are left out)."""
+    text, problem = _read_text(Path(path))
+    return [] if problem is not None else list(_documents(path, text, []))
+
+
+def line_of(root: Node, path: Sequence[Any]) -> int:
+    """The 1-based line of the node at a JSON path inside a document."""
+    node = _lookup(root, path, at_key=True)
+    return _mark(node if node is not None else root)[0]
+
+
+def item_marks(root: Node, path: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    """(line, column) of each item of the sequence at `path`."""
+    return _item_marks(root, path)
 
 
 def summary_line(result: LoadResult) -> str:

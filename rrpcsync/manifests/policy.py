@@ -1,4 +1,4 @@
-"""Manifest rollout policies: `spec.priority`, `spec.dependsOn`, `spec.rollout`, and waves.
+"""Manifest rollout policies: `spec.priority`, `dependsOn`, `rollout` (waves), `windows`.
 
 Pure: reading the manifest form (a diagnostic per problem), checking dependencies across
 manifests (unknown names, cycles), the `--waves` syntax, and the saved-plan form.
@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from rrpcsync.errors import Diagnostic
+from rrpcsync.manifests import windows
 from rrpcsync.model import ManifestPolicy, RolloutSpec
 
 DEFAULT_POLICY = ManifestPolicy()
@@ -85,6 +86,7 @@ def parse_policy(spec: Mapping[str, Any], report: Report) -> ManifestPolicy:
         priority=int(spec.get("priority", 0)),
         depends_on=tuple(spec.get("dependsOn") or ()),
         rollout=RolloutSpec(**values),
+        windows=windows.parse_windows(spec.get("windows"), report),
     )
 
 
@@ -182,6 +184,8 @@ def policy_to_document(policy: ManifestPolicy) -> dict[str, Any]:
         rollout["waves"] = [w if w.endswith("%") else int(w) for w in rollout["waves"]]
     if rollout:
         doc["rollout"] = rollout
+    if policy.windows:
+        doc["windows"] = [windows.to_document(window) for window in policy.windows]
     return doc
 
 
@@ -202,6 +206,7 @@ POLICY_SCHEMA = {
         "priority": {"type": "integer"},
         "dependsOn": {"type": "array", "items": {"$ref": "#/$defs/manifestName"}},
         "rollout": {"$ref": "#/$defs/rollout"},
+        "windows": {"$ref": "#/$defs/windows"},
     },
 }
 

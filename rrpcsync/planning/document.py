@@ -36,6 +36,7 @@ def plan_document(plan: Plan, *, created_at: str, include_payloads: bool = True)
             "orphan": summary.orphan,
             "unchanged": summary.noop,
             **_drift_counts(plan),
+            **_window_counts(plan),
         },
         "changes": [_change_document(change, include_payloads) for change in plan.changes],
         **_unreachable_document(plan),
@@ -51,7 +52,7 @@ def _selection_document(plan: Plan) -> dict[str, Any]:
 
 
 def _policies_document(plan: Plan) -> dict[str, Any]:
-    """`manifests`: priority, dependsOn, rollout of the manifests that set them (if any)."""
+    """`manifests`: priority, dependsOn, rollout, windows of the manifests that set them."""
     if not plan.policies:
         return {}
     policies = sorted(plan.policies.items())
@@ -74,6 +75,10 @@ def _change_document(change: Change, include_payloads: bool) -> dict[str, Any]:
         doc["expect"] = expect.to_document(change.expect)
     if change.action is Action.DRIFT:
         doc.update(reason=change.reason, observed=change.observed, applied_at=change.applied_at)
+    if change.overrides:
+        doc["overrides"] = list(change.overrides)
+    if change.deferred_until is not None:
+        doc["deferred_until"] = change.deferred_until
     if include_payloads and change.action.sends:
         if change.payload_template is not None:  # sensitive: re-resolved from env on apply
             doc["payload_template"] = change.payload_template
@@ -128,6 +133,13 @@ def _drift_counts(plan: Plan) -> dict[str, int]:
     return {"drift": plan.summary.drift, "unreachable": plan.summary.unreachable}
 
 
+def _window_counts(plan: Plan) -> dict[str, int]:
+    """Plans of manifests with maintenance windows count the deferred changes."""
+    if not plan.summary.deferred and not any(p.windows for p in plan.policies.values()):
+        return {}
+    return {"deferred": plan.summary.deferred}
+
+
 def _unreachable_document(plan: Plan) -> dict[str, Any]:
     if not plan.refreshed:
         return {}
@@ -172,6 +184,7 @@ def _change_from_document(item: Mapping[str, Any], env: Mapping[str, str]) -> Ch
         observed=item.get("observed"),
         applied_at=item.get("applied_at"),
         base_request_id=_base_request_id(item),
+        overrides=tuple(str(source) for source in item.get("overrides") or ()),
     )
 
 

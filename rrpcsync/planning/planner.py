@@ -45,6 +45,7 @@ def _change(device: DesiredDevice, record: DeviceRecord | None, action: Action) 
         payload_template=device.template if action.sends else None,
         expect=device.expect if action.sends else None,
         base_request_id=(record.request_id or "") if record else "",
+        overrides=device.overrides,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from rrpcsync.errors import Diagnostic
 from rrpcsync.manifests.expect import describe as describe_expectation
+from rrpcsync.manifests.explain import Explanation
 from rrpcsync.model import Action, Change, Plan, RolloutSpec, SelectionCount, Summary
 from rrpcsync.planning.schedule import Step, by_level, level_steps
 
@@ -45,8 +46,8 @@ def paint(text: str, style: str, color: bool) -> str:
 # --------------------------------------------------------------------------- diagnostics
 
 
-def diagnostic_line(diag: Diagnostic) -> str:
-    return f"{diag.location()}: error: {diag.path}: {diag.message}"
+def diagnostic_line(diag: Diagnostic, level: str = "error") -> str:
+    return f"{diag.location()}: {level}: {diag.path}: {diag.message}"
 
 
 def diagnostics_json(diags: Sequence[Diagnostic]) -> str:
@@ -148,10 +149,12 @@ def summary_sentence(
     summary: Summary, drift_checked: bool = False, selection: SelectionCount | None = None
 ) -> str:
     drifted = f"{summary.drift} drifted, " if drift_checked or summary.drift else ""
+    deferred = f" {summary.deferred} deferred to a maintenance window." if summary.deferred else ""
     return (
         f"Plan: {summary.create} to create, {summary.update} to update, "
         f"{summary.retry} to retry, {drifted}{summary.orphan} orphaned, {summary.noop} unchanged."
         f"{selection_note(selection)}"
+        f"{deferred}"
     )
 
 
@@ -173,7 +176,9 @@ def change_headline(change: Change) -> str:
     symbol, _ = SYMBOLS[change.action]
     text = f"{symbol} {change.key}"
     if change.source:
-        text += f"  ({change.source})"
+        text += f"  ({change.source}{_overrides_note(change)})"
+    if change.deferred_until is not None:
+        text += f"  deferred until {change.deferred_until}"
     if change.action is Action.RETRY:
         text += f"  last error: {change.last_error_code or 'unknown'}"
     if change.action is Action.ORPHAN:
@@ -181,6 +186,17 @@ def change_headline(change: Change) -> str:
     if change.action is Action.DRIFT:
         text += f"  {drift_reason(change)}"
     return text
+
+
+def _overrides_note(change: Change) -> str:
+    """ "; overrides m.yaml:16,18" (the lines of the overrides that built the payload)."""
+    if not change.overrides:
+        return ""
+    lines: dict[str, list[str]] = defaultdict(list)
+    for source in change.overrides:
+        file, _, line = source.rpartition(":")
+        lines[file].append(line)
+    return "; overrides " + ", ".join(f"{file}:{','.join(at)}" for file, at in lines.items())
 
 
 def drift_reason(change: Change) -> str:
@@ -234,7 +250,7 @@ class ChangeGroup:
 
 
 def _group_key(change: Change, details: tuple[Detail, ...]) -> tuple[object, ...]:
-    return (change.action, change.reason, change.last_error_code, details)
+    return (change.action, change.reason, change.last_error_code, change.deferred_until, details)
 
 
 def group_changes(manifest: str, changes: Sequence[Change], grouped: bool) -> list[ChangeGroup]:
@@ -271,6 +287,11 @@ def group_lines(group: ChangeGroup, *, color: bool, indent: str, keys: int) -> I
 
 
 def _group_note(change: Change) -> str:
+    deferred = f"  deferred until {change.deferred_until}" if change.deferred_until else ""
+    return deferred + _action_note(change)
+
+
+def _action_note(change: Change) -> str:
     if change.action is Action.RETRY:
         return f"  last error: {change.last_error_code or 'unknown'}"
     if change.action is Action.ORPHAN:
@@ -286,7 +307,8 @@ def _group_note(change: Change) -> str:
 
 def _member_lines(group: ChangeGroup, keys: int) -> Iterator[str]:
     for change in group.changes[:keys]:
-        yield f"{change.key}  ({change.source})" if change.source else change.key
+        where = f"  ({change.source}{_overrides_note(change)})" if change.source else ""
+        yield change.key + where
     if len(group.changes) > keys:
         yield f"… and {len(group.changes) - keys:,} more"
 
@@ -403,6 +425,12 @@ def plan_markdown(
     head += _markdown_drift(plan)
     preview = rollout_lines(plan, rollout)
     head += [*(f"- {_html(line)}" for line in preview), ""] if preview else []
+    if summary.deferred:
+        head += [
+            f"**Deferred:** {summary.deferred} change(s) wait for their maintenance window "
+            "(apply sends them inside it, or with `--ignore-windows`).",
+            "",
+        ]
     if not summary.has_changes:
         return "\n".join([*head, "No changes: every device matches the manifests.", ""])
     footer = "_Run `rrpcsync plan` locally (or see the job log) for the full plan._"
@@ -518,13 +546,15 @@ def apply_summary(
     elapsed: float,
     requests: int,
     interrupted: bool = False,
+    deferred: int = 0,
 ) -> list[str]:
     failed = sum(failed_by_code.values())
     rate = requests / elapsed if elapsed > 0 else 0.0
     head = "Apply interrupted" if interrupted else "Apply"
+    waiting = f", {deferred} deferred" if deferred else ""
     lines = [
         f"{head}: {applied} applied, {failed} failed, {not_sent} not sent, {stale} stale, "
-        f"{pruned} pruned; {requests} request(s) in {elapsed:.1f}s ({rate:.1f}/s)."
+        f"{pruned} pruned{waiting}; {requests} request(s) in {elapsed:.1f}s ({rate:.1f}/s)."
     ]
     for code, count in _by_count(failed_by_code):
         lines.append(f"  failed {count:>6}  {code}")
@@ -561,3 +591,33 @@ def device_list_lines(title: str, keys: Sequence[str], limit: int = LISTED_PER_C
     if len(ordered) > limit:
         lines.append(f"  … and {len(ordered) - limit} more")
     return lines
+
+
+# --------------------------------------------------------------------------- explain
+
+
+def explanation_lines(explained: Explanation, change: Change | None, schedule: str) -> list[str]:
+    """`plan --explain KEY`: the device, its layers in merge order, each value's origin."""
+    device = explained.device
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(device.labels.items())) or "(none)"
+    lines = [
+        f"{device.key}  ({device.source})",
+        f"  manifest: {device.manifest}  ({explained.manifest_source})",
+        f"  labels: {labels}",
+        f"  windows: {schedule}",
+        "Layers, each deep-merged over the one before:",
+    ]
+    for number, layer in enumerate(explained.layers, 1):
+        what = "(nothing)" if layer.payload is None else _short(_json_text(layer.payload), 60)
+        lines.append(f"  {number}. {layer.name}  ({layer.source})  {what}")
+    lines.append("Payload, each value with the layer that set it:")
+    width = max((len(a.path or "(payload)") for a in explained.values), default=0)
+    for item in explained.values:
+        value = _short(json.dumps(item.value, ensure_ascii=False, sort_keys=True), 60)
+        lines.append(f"  {item.path or '(payload)':<{width}} = {value}  ← {item.layer.name}")
+    lines.append("Plan: " + (change_headline(change) if change else "unchanged"))
+    return lines
+
+
+def _json_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)

@@ -64,6 +64,7 @@ class ApplyReport:
     blocked: list[str] = field(default_factory=list)  # not sent: a dependency had failures
     aborted: str | None = None  # why a rollout stopped early (rollout.py)
     endpoint_broken: bool = False  # `fatal` is the connection failure that stopped the run
+    deferred: list[str] = field(default_factory=list)  # not sent: outside maintenance windows
 
     @property
     def failures_by_code(self) -> Counter[str]:
@@ -523,7 +524,7 @@ def apply_changes(
     `recorder`; by default the journal of the JSON file at `state.location`).
     """
     skipped = set(skip)
-    to_send = [c for c in plan.changes if c.action.sends and c.key not in skipped]
+    to_send = sendable_now(plan, skipped)
     journal = recorder or JsonFileStore(state.location).recorder(state)
     started = time.monotonic()
     try:
@@ -531,7 +532,17 @@ def apply_changes(
     finally:
         journal.close()
     report.elapsed = time.monotonic() - started
+    report.deferred = deferred_keys(plan)
     return report
+
+
+def sendable_now(plan: Plan, skipped: set[str]) -> list[Change]:
+    """The changes to send now: not skipped, not waiting for a maintenance window."""
+    return [c for c in plan.changes if c.action.sends and not c.deferred and c.key not in skipped]
+
+
+def deferred_keys(plan: Plan) -> list[str]:
+    return [change.key for change in plan.changes if change.deferred]
 
 
 async def _run(

@@ -31,7 +31,9 @@ from rrpcsync.run.executor import (
     ProgressSink,
     Publisher,
     PublisherFactory,
+    deferred_keys,
     limiter_for,
+    sendable_now,
 )
 from rrpcsync.state import JsonFileStore, Recorder, State
 
@@ -296,7 +298,7 @@ def apply_rollout(
     The caller saves the state afterwards (this function journals as it goes).
     """
     skipped = set(skip)
-    to_send = [c for c in plan.changes if c.action.sends and c.key not in skipped]
+    to_send = sendable_now(plan, skipped)  # deferred changes wait for their window
     sink = progress or NoProgress()
     inputs = RolloutInputs(
         to_send,
@@ -315,6 +317,7 @@ def apply_rollout(
         journal.close()
     sink.finished()
     report.elapsed = time.monotonic() - started
+    report.deferred = deferred_keys(plan)
     return report
 
 
