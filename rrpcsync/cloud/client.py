@@ -26,6 +26,7 @@ from dataclasses import replace
 
 import aiohttp
 import httpx
+import yarl
 
 from rrpcsync import __version__
 from rrpcsync import secrets as secret_values
@@ -114,12 +115,20 @@ class RrpcClient:
         self.endpoint = endpoint
         self._tokens: TokenSource = StaticToken(token) if isinstance(token, str) else token
         self._sensitive = tuple(secret_values.known_values())  # `${env:…}` values in payloads
+        self._timeout = timeout
+        self._headers = {"User-Agent": user_agent, "Content-Type": "application/json"}
+        # the default transport is used directly (AiohttpTransport.post); another goes through
+        # httpx's client
+        self._direct: AiohttpTransport | None = None
+        self._url = yarl.URL(endpoint)
         if transport is None:
-            transport = AiohttpTransport(max_connections=max_connections, total_timeout=timeout)
+            transport = self._direct = AiohttpTransport(
+                max_connections=max_connections, total_timeout=timeout
+            )
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(timeout),
-            headers={"User-Agent": user_agent, "Content-Type": "application/json"},
+            headers=self._headers,
             follow_redirects=False,
         )
 
@@ -196,8 +205,12 @@ class RrpcClient:
         self._log_result(product_id, device_name, result)
         return result
 
-    async def _post(self, fields: Mapping[str, str]) -> tuple[int, httpx.Headers, bytes]:
+    async def _post(self, fields: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
         content = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if self._direct is not None:
+            return await self._direct.post(
+                self._url, content, self._headers, self._timeout, MAX_RESPONSE_BYTES
+            )
         async with self._http.stream("POST", self.endpoint, content=content) as response:
             body = await _read_capped(response.aiter_bytes(), MAX_RESPONSE_BYTES)
             return response.status_code, response.headers, body

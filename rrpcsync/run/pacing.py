@@ -41,6 +41,10 @@ class RateLimiter:
 
     async def acquire(self) -> float:
         """Wait for the next slot; returns when the request starts (by `clock`)."""
+        now = self.clock()
+        if now >= self.next_slot and not self._turn.locked():  # due, nobody waiting: no await
+            self.next_slot = now + self.interval
+            return now
         async with self._turn:
             while (wait := self.next_slot - self.clock()) > 0:  # pause() may move it on
                 await asyncio.sleep(wait)
