@@ -240,6 +240,28 @@ def rate_holding(rate: float, seconds: float, window: float = 10.0) -> dict[str,
     return {"rate": rate, "requests": count, "span": last - first, "worst_window_deviation": worst}
 
 
+def auto_rate(limit: float, count: int) -> dict[str, Any]:
+    """`--rate auto` against an emulator limited to `limit`/s: the accepted rate from the first
+    refusal (the quota found) to the end, from the emulator's own request log."""
+    with emulator_process(0.02, rate_limit=limit) as (url, _):
+        with tempfile.TemporaryDirectory(prefix="rrpcsync-bench-auto-") as tmp:
+            state = load_state(Path(tmp) / "state.json")
+            options = ApplyOptions(parallelism=40, adaptive_rate=True, max_rate=10 * limit)
+
+            def make() -> RrpcClient:
+                return RrpcClient(url, TOKEN, max_connections=40)
+
+            report = apply_changes(changes(count), state, make, options)
+        log = httpx.get(url.rstrip("/") + "/_emulator/stats").json()["log"]
+    if report.failed:
+        raise RuntimeError(f"auto-rate apply failed: {dict(report.failures_by_code)}")
+    refused = sorted(e["t"] for e in log if e["code"] == "RequestLimitExceeded")
+    accepted = sorted(e["t"] for e in log if e["code"] != "RequestLimitExceeded")
+    held = [t for t in accepted if refused and t >= refused[0]]
+    rate = (len(held) - 1) / (held[-1] - held[0]) if len(held) > 1 else 0.0
+    return {"limit": limit, "held": rate, "refused": len(refused), "requests": len(log)}
+
+
 def state_writes(count: int) -> dict[str, Any]:
     with emulator_process(0.0) as (url, _):
         result = run_apply(url, count, parallelism=100, rate=1_000_000)
