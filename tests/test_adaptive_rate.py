@@ -126,4 +126,6 @@ def test_auto_rate_holds_the_emulators_limit_within_ten_percent(
     held = [t for t in accepted if t >= refused[0]]
     rate = (len(held) - 1) / (held[-1] - held[0])
     assert abs(rate - limit) <= 0.1 * limit, f"held {rate:.1f}/s against a limit of {limit}/s"
-    assert len(refused) <= 0.1 * len(log), f"{len(refused)} refusals of {len(log)} requests"
+    # probing costs refusals (each retried): the overshoot while the quota is found, then about
+    # one per rise of the saw-tooth
+    assert len(refused) <= 0.15 * len(log), f"{len(refused)} refusals of {len(log)} requests"

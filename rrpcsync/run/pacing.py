@@ -3,7 +3,7 @@
 `--rate auto` is additive increase, multiplicative decrease (AIMD, as TCP finds a link's
 bandwidth). It starts at 20 requests/s. Until the cloud first refuses (slow start), every
 accepted request adds `slow_start_step` requests/s, so the rate grows by about half each
-second; after that, it adds `increase` requests/s per second's worth of accepted requests.
+second; after that, it adds `increase` (2) requests/s per second's worth of accepted requests.
 On `RequestLimitExceeded` (or HTTP 429) it multiplies the rate by `decrease`, once per round
 of requests: only a refusal of a request sent after the last decrease lowers it again (the
 ones already in flight were sent at the old rate). It never goes above `ceiling`
@@ -20,7 +20,7 @@ from rrpcsync.cloud.results import ApiResult
 
 AUTO_START = 20.0  # the cloud's default quota (requests per second)
 AUTO_SLOW_START_STEP = 0.5  # requests/s added per accepted request, until the first refusal
-AUTO_INCREASE = 1.0  # then: requests/s added per second of accepted requests
+AUTO_INCREASE = 2.0  # then: requests/s added per second of accepted requests
 AUTO_DECREASE = 0.9  # the rate is multiplied by this on a refusal
 AUTO_FLOOR = 1.0
 
@@ -43,14 +43,18 @@ class RateLimiter:
         """Wait for the next slot; returns when the request starts (by `clock`)."""
         now = self.clock()
         if now >= self.next_slot and not self._turn.locked():  # due, nobody waiting: no await
-            self.next_slot = now + self.interval
+            self.next_slot = self._following(now)
             return now
         async with self._turn:
             while (wait := self.next_slot - self.clock()) > 0:  # pause() may move it on
                 await asyncio.sleep(wait)
             now = self.clock()
-            self.next_slot = now + self.interval
+            self.next_slot = self._following(now)
             return now
+
+    def _following(self, now: float) -> float:
+        """The slot after a request that started at `now`: one interval after the real start."""
+        return now + self.interval
 
     def pause(self, seconds: float) -> None:
         """The cloud said slow down: no request starts for `seconds`."""
@@ -89,6 +93,13 @@ class AdaptiveRateLimiter(RateLimiter):
 
     def pause(self, seconds: float) -> None:
         """No pause: the multiplicative decrease in `observe` is the answer to a refusal."""
+
+    def _following(self, now: float) -> float:
+        """One interval after the slot just used, so that timer lag on a busy machine does not
+        hold the rate below the one AIMD set; after a stall of more than an interval, one
+        interval after `now` (no catching up in a burst)."""
+        due = self.next_slot + self.interval
+        return due if due > now else now + self.interval
 
     def observe(self, result: ApiResult, sent_at: float) -> None:
         if is_rate_limited(result):
