@@ -40,8 +40,8 @@ CODE_DEVICES = 20  # failed devices listed per code in the static page
 RUN_ROWS = 20  # runs in the table before "show all"
 RUN_ROWS_MAX = 200
 HISTORY_POINTS = 100  # the newest runs drawn in the chart
-MESSAGE_CHARS = 300  # an error message is cut after this many characters in the page
-MESSAGE_BUDGET = 500_000  # distinct message characters embedded for the search, at most
+MESSAGE_CHARS = 300  # an error message or reply is cut after this many characters in the page
+MESSAGE_BUDGET = 500_000  # distinct message and reply characters embedded for the search, at most
 
 
 # --------------------------------------------------------------------------- bars
@@ -197,7 +197,8 @@ def split_key(key: str) -> tuple[str | None, str]:
 
 def devices_data(lines: Iterable[DeviceLine]) -> dict[str, Any]:
     """Every device, compactly: names bucketed by (manifest, product, category, deferred),
-    failed devices one row each with their error (strings interned)."""
+    failed devices one row each with their error and reply (strings interned; messages and
+    replies only while MESSAGE_BUDGET lasts)."""
     manifests, products, codes, messages, times = (_Interned() for _ in range(5))
     categories = [category.value for category in Category]
     buckets: dict[tuple[int, int, int, int], list[str]] = {}
@@ -210,14 +211,16 @@ def devices_data(lines: Iterable[DeviceLine]) -> dict[str, Any]:
         if line.category is not Category.FAILED:
             buckets.setdefault((*where, category, int(line.deferred)), []).append(name)
             continue
-        message = _cut(line.message)
-        if message is not None and message not in messages.index:
-            if len(message) > budget:
-                message = None
-            else:
-                budget -= len(message)
-        row = [*where, name, codes(line.code), messages(message), times(line.at), line.attempts]
-        failed.append([*row, 1] if line.deferred else row)
+        texts = []
+        for text in (_cut(line.message), _cut(line.reply)):
+            if text is not None and text not in messages.index:
+                if len(text) > budget:
+                    text = None  # past the budget: the search shows the device without it
+                else:
+                    budget -= len(text)
+            texts.append(messages(text))
+        row = [*where, name, codes(line.code), times(line.at), line.attempts]
+        failed.append(row + _without_defaults([*texts, int(line.deferred)], FAILED_DEFAULTS))
     return {
         "categories": categories,
         "manifests": manifests.values,
@@ -228,6 +231,15 @@ def devices_data(lines: Iterable[DeviceLine]) -> dict[str, Any]:
         "buckets": [[*key, names] for key, names in buckets.items()],
         "failed": failed,
     }
+
+
+FAILED_DEFAULTS = (-1, -1, 0)  # message, reply, deferred: left out of a row's end when so
+
+
+def _without_defaults(values: list[Any], defaults: Sequence[Any]) -> list[Any]:
+    while values and values[-1] == defaults[len(values) - 1]:
+        values.pop()
+    return values
 
 
 def _cut(message: str | None) -> str | None:
@@ -305,7 +317,7 @@ def code_views(report: Report) -> tuple[list[CodeView], int]:
     for line in report.failures:
         devices = by_code.setdefault(line.code or "", [])
         if len(devices) < CODE_DEVICES:
-            devices.append(line._replace(message=_cut(line.message)))
+            devices.append(line._replace(message=_cut(line.message), reply=_cut(line.reply)))
     failed = report.totals.failed
     views = [
         CodeView(code, count, round(100.0 * count / failed, 1), by_code.get(code, []))

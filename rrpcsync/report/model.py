@@ -169,6 +169,7 @@ class DeviceLine(NamedTuple):
     message: str | None = None
     at: str | None = None  # when the last error happened (RFC 3339 UTC)
     attempts: int = 0
+    reply: str | None = None  # failed: the reply kept as evidence (a ReplyMismatch), as text
 
 
 def categorize(device: DesiredDevice, record: DeviceRecord | None) -> Category:
@@ -209,11 +210,12 @@ def device_line(
     if category is not Category.FAILED or record is None:
         return DeviceLine(key, manifest, category, deferred)
     error = record.last_error
+    reply = record.reply_text
     if error is None:
-        return DeviceLine(key, manifest, category, deferred, UNKNOWN_CODE, None, None, 0)
+        return DeviceLine(key, manifest, category, deferred, UNKNOWN_CODE, None, None, 0, reply)
     code = error.code or UNKNOWN_CODE
     return DeviceLine(
-        key, manifest, category, deferred, code, error.message, error.at, record.attempts
+        key, manifest, category, deferred, code, error.message, error.at, record.attempts, reply
     )
 
 
@@ -418,6 +420,7 @@ def _failure_document(line: DeviceLine) -> dict[str, Any]:
         "message": line.message,
         "at": line.at,
         "attempts": line.attempts,
+        "reply": line.reply,
         "deferred": line.deferred,
     }
 

@@ -15,8 +15,9 @@
       devices.push({ key: keyOf(product, name), manifest, category: data.categories[category], deferred: deferred === 1 });
     }
   }
-  for (const [manifest, product, name, code, message, at, attempts, deferred] of data.failed) {
-    devices.push({ key: keyOf(product, name), manifest, category: "failed", deferred: deferred === 1, code, message, at, attempts });
+  // [manifest, product, name, code, at, attempts, message?, reply?, deferred?]
+  for (const [manifest, product, name, code, at, attempts, message = -1, reply = -1, deferred = 0] of data.failed) {
+    devices.push({ key: keyOf(product, name), manifest, category: "failed", deferred: deferred === 1, code, message, reply, at, attempts });
   }
   devices.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   for (const device of devices) device.lower = device.key.toLowerCase();
@@ -77,6 +78,7 @@
       cell(row, pick(data.manifests, device.manifest));
       cell(row, pick(data.codes, device.code));
       cell(row, pick(data.messages, device.message), "message");
+      cell(row, pick(data.messages, device.reply), "message");
       cell(row, pick(data.times, device.at));
       cell(row, device.attempts === undefined ? "" : String(device.attempts), "n");
       rows.append(row);
