@@ -3,9 +3,10 @@
 #
 # Inputs arrive as environment variables set by the composite step; they are never interpolated
 # into this script (it holds no GitHub expression), so no path or argument can inject shell code:
-#   INPUT_COMMAND  validate | plan | apply | drift   (drift = rrpcsync drift: probe, report only)
+#   INPUT_COMMAND  validate | plan | apply | drift | report
+#                  (drift = rrpcsync drift: probe, report only; report = rrpcsync report)
 #   INPUT_PATHS    manifest files/folders, separated by spaces or newlines (empty: configs/)
-#   INPUT_STATE    state file for plan/apply/drift (empty: RRPCSYNC_STATE or the default)
+#   INPUT_STATE    state file for plan/apply/drift/report (empty: RRPCSYNC_STATE or the default)
 #   INPUT_ARGS     extra arguments, separated by spaces or newlines; no shell quoting or globbing
 # Other variables:
 #   RRPCSYNC_ACTION_PATH          where the action is checked out (default GITHUB_ACTION_PATH);
@@ -94,8 +95,11 @@ and RRPCSYNC_PASSWORD (or a static RRPCSYNC_ACCESS_TOKEN) in the step's env from
 (docs/auth.md); without them only an apply with nothing to send succeeds"
     fi
     ;;
+  report)
+    cmd+=(report) # reads the manifests and the state; writes only the page of --html
+    ;;
   *)
-    annotate error "unknown command '$command': use validate, plan, apply or drift"
+    annotate error "unknown command '$command': use validate, plan, apply, drift or report"
     exit 1
     ;;
 esac

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from rrpcsync.cloud.client import RrpcClient
     from rrpcsync.cloud.tokens import TokenSource
     from rrpcsync.manifests.explain import Explanation
+    from rrpcsync.report.model import GroupBy, Report
     from rrpcsync.run.executor import ApplyOptions, ApplyReport, ProgressSink
     from rrpcsync.state import RunRecord, State, StateStore
 
@@ -58,6 +59,7 @@ __all__ = [
     "check_drift",
     "explain_device",
     "fatal_message",
+    "fleet_report",
     "load_saved_plan",
     "log_in",
     "open_store",
@@ -380,6 +382,33 @@ def explain_device(planned: Planned, key: str) -> Explanation:
     if planned.manifests is None:
         raise UsageError("--explain needs manifests, not a saved plan")
     return explain(planned.manifests, key)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fleet_report(
+    paths: Sequence[str],
+    store: StateStore,
+    *,
+    group_by: Sequence[GroupBy] | None = None,
+    deferred_manifests: Sequence[str] | None = None,
+) -> Report:
+    """`rrpcsync report`: how the state compares with the manifests, and the run history
+    (docs/report.md). Reads only; `deferred_manifests` are those whose maintenance window is
+    closed (None: windows unknown, nothing counts as deferred)."""
+    from rrpcsync.report.model import DEFAULT_GROUP_BY, build_report
+
+    desired, state = loader.load_manifests_while(paths or DEFAULT_PATHS, store.load)
+    if not desired.ok:
+        raise ManifestError(desired.diagnostics, loader.summary_line(desired))
+    return build_report(
+        desired.devices,
+        state,
+        store.runs(),
+        group_by=group_by or DEFAULT_GROUP_BY,
+        deferred_manifests=deferred_manifests,
+    )
 
 
 # --------------------------------------------------------------------------- saved plans

@@ -51,8 +51,11 @@ class Opened:
 OpenPage = Callable[..., Opened]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One browser per test module: Playwright's sync API keeps an event loop running in the
+    main thread while it is open, so it must be closed before other modules run apply
+    (asyncio.run); within the module, code that runs an event loop uses a thread."""
     reason = missing_reason()
     if reason is not None:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):

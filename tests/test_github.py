@@ -300,6 +300,16 @@ def test_action_validate_annotates_and_fails(workdir: Path) -> None:
     assert len(ANNOTATION.findall(step.proc.stdout)) == 1
 
 
+def test_action_report_writes_the_page_and_the_step_summary(workdir: Path) -> None:
+    step = Step(workdir, {"command": "report", "args": "--html report.html"})
+    assert step.code == 0, step.everything_printed()
+    assert step.outputs == {"exitcode": "0", "has-changes": "", "plan-markdown-file": ""}
+    page = (workdir / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>") and 'data-metric="never_sent">2<' in page
+    summary = (workdir.parent / "summary.md").read_text(encoding="utf-8")
+    assert summary.startswith("<!-- rrpcsync-report -->") and "```mermaid" in summary
+
+
 def test_action_refuses_an_unknown_command(workdir: Path) -> None:
     step = Step(workdir, {"command": "destroy"})
     assert step.code == 1
@@ -435,6 +445,7 @@ def run_script(
 
 STATE_V1 = '{"serial": 1}\n'
 STATE_V2 = '{"serial": 2}\n'
+HISTORY = '{"command": "apply"}\n'
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -478,6 +489,14 @@ def test_github_state_branch_round_trip(origin: Path, tmp_path: Path, workflow: 
     assert git(origin, "show", f"{branch}:rrpcsync.state.json") + "\n" == STATE_V2
     assert git(origin, "ls-tree", "--name-only", branch) == "rrpcsync.state.json"
     assert git(origin, "rev-parse", "main") != git(origin, "rev-parse", branch)
+
+    # the run history (rrpcsync report's History) travels with the state
+    (second / f"{state}.history").write_text(HISTORY, encoding="utf-8")
+    run_script(save_step["run"], second, {**env, "BASE": git(origin, "rev-parse", branch)})
+    assert git(origin, "show", f"{branch}:rrpcsync.state.json.history") + "\n" == HISTORY
+    third = clone(origin, tmp_path / "run3")
+    run_script(restore, third, env)
+    assert (third / f"{state}.history").read_text(encoding="utf-8") == HISTORY
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -576,6 +595,7 @@ def test_apply_workflow() -> None:
     for name in ("Save the state to the state branch", "Keep the state as an artifact"):
         assert step_named(workflow, name)["if"].startswith("always()")
     assert "exitcode == '3'" in step_named(workflow, "List the devices that failed")["if"]
+    report_steps_run_always(workflow)
 
 
 def test_drift_workflow() -> None:
@@ -594,6 +614,20 @@ def test_drift_workflow() -> None:
     assert workflow["env"]["RRPCSYNC_MAX_SENDS"] == "${{ vars.RRPCSYNC_MAX_SENDS || '25%' }}"
     issue = step_named(workflow, "Open, update or close the failure issue")
     assert "steps.apply.outputs.exitcode == '3'" in issue["if"]
+    report_steps_run_always(workflow)
+
+
+def report_steps_run_always(workflow: Mapping[str, Any]) -> None:
+    """After apply and drift: the fleet report, kept as an artifact, whatever happened."""
+    report = action_step(workflow, "report")
+    assert report["if"].startswith("always()")
+    assert "--html rrpcsync-report.html" in report["with"]["args"]
+    upload = step_named(workflow, "Keep the fleet report as an artifact")
+    assert upload["if"] == report["if"]
+    assert upload["uses"].startswith("actions/upload-artifact@")
+    assert upload["with"]["path"] == "rrpcsync-report.html"
+    state_artifact = step_named(workflow, "Keep the state as an artifact")["with"]["path"]
+    assert "${{ env.RRPCSYNC_STATE }}.history" in state_artifact.splitlines()
 
 
 def test_action_metadata() -> None:

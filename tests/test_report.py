@@ -18,16 +18,18 @@ from typing import Any, TypeVar
 
 import pytest
 
+from rrpcsync import api
 from rrpcsync.manifests.loader import load_manifests
 from rrpcsync.model import DesiredDevice, DeviceRecord, ErrorInfo, Probe, Status
+from rrpcsync.planning.render import mermaid_pie
 from rrpcsync.report import html as report_html
 from rrpcsync.report.html import render_html
+from rrpcsync.report.mermaid import results_chart
 from rrpcsync.report.model import (
     COMPLIANCE,
     MANIFEST,
     PRODUCT,
     Category,
-    Report,
     build_report,
     categorize,
     commit_url,
@@ -109,22 +111,32 @@ EXPECTED = {
 
 
 def write_report(
+    capsys: pytest.CaptureFixture[str],
     folder: Path,
-    *,
     group_by: Sequence[str] = ("manifest", "product", "label:site"),
-    extra: dict[str, DeviceRecord] | None = None,
-) -> tuple[Path, Report]:
-    """The report of `folder`'s configs and state (plus `extra` records), as `report.html`."""
-    assert Path.cwd() == folder  # relative names, as a user gives them
-    store = open_store("rrpcsync.state.json")
-    desired = load_manifests(["configs"]).devices
-    groups = [parse_group_by(spec) for spec in group_by]
-    state = store.load()
-    state.devices.update(extra or {})
-    report = build_report(desired, state, store.runs(), group_by=groups)
-    page = folder / "report.html"
-    page.write_text(render_html(report, sources=["configs"]), encoding="utf-8")
-    return page, report
+) -> Path:
+    """`rrpcsync report --html report.html` in `folder` (configs/ and the state)."""
+    assert Path.cwd() == folder
+    grouping = [arg for spec in group_by for arg in ("--group-by", spec)]
+    result = run(capsys, "report", "configs", "--html", "report.html", *grouping)
+    assert result.code == 0, result.err
+    assert result.err == "wrote report.html\n"
+    return folder / "report.html"
+
+
+class WithRecords:
+    """A store holding `extra` records besides the JSON file's: keys the file would refuse."""
+
+    def __init__(self, store: Any, extra: dict[str, DeviceRecord]) -> None:
+        self.store, self.extra = store, extra
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def load(self) -> State:
+        state: State = self.store.load()
+        state.devices.update(self.extra)
+        return state
 
 
 @pytest.fixture
@@ -208,8 +220,10 @@ def number(text: str) -> int:
 # --------------------------------------------------------------------------- in the browser
 
 
-def test_page_shows_the_states_numbers_without_errors(fleet: Path, open_page: OpenPage) -> None:
-    page_file, _ = write_report(fleet)
+def test_page_shows_the_states_numbers_without_errors(
+    capsys: pytest.CaptureFixture[str], fleet: Path, open_page: OpenPage
+) -> None:
+    page_file = write_report(capsys, fleet)
     expected = counts_from_state_file(fleet)
     assert expected == EXPECTED
     opened = open_page(page_file)
@@ -230,8 +244,10 @@ def test_page_shows_the_states_numbers_without_errors(fleet: Path, open_page: Op
     )
 
 
-def test_search_finds_a_device_and_filters_by_error_code(fleet: Path, open_page: OpenPage) -> None:
-    page_file, _ = write_report(fleet)
+def test_search_finds_a_device_and_filters_by_error_code(
+    capsys: pytest.CaptureFixture[str], fleet: Path, open_page: OpenPage
+) -> None:
+    page_file = write_report(capsys, fleet)
     opened = open_page(page_file)
     page = opened.page
     rows = page.locator("#results tbody tr")
@@ -257,7 +273,10 @@ def test_search_finds_a_device_and_filters_by_error_code(fleet: Path, open_page:
 def test_hostile_names_codes_and_replies_are_text(fleet: Path, open_page: OpenPage) -> None:
     # The JSON file refuses such a key; another store need not: the page must not care.
     orphan = DeviceRecord(Status.APPLIED, "0" * 64, "{}", manifest=HOSTILE_LABEL)
-    page_file, _ = write_report(fleet, extra={HOSTILE_KEY: orphan})
+    store = WithRecords(open_store("rrpcsync.state.json"), {HOSTILE_KEY: orphan})
+    groups = [parse_group_by("label:site")]
+    page_file = fleet / "report.html"
+    page_file.write_text(render_html(api.fleet_report(["configs"], store, group_by=groups)))
     source = page_file.read_text("utf-8")
     for hostile in (HOSTILE_LABEL, HOSTILE_CODE, HOSTILE_REPLY, HOSTILE_KEY):
         assert hostile not in source  # never raw HTML, not even inside the JSON block
@@ -277,8 +296,10 @@ def test_hostile_names_codes_and_replies_are_text(fleet: Path, open_page: OpenPa
     assert links and all(link.startswith("https://github.com/acme/fleet/") for link in links)
 
 
-def test_static_parts_work_without_javascript(fleet: Path, open_page: OpenPage) -> None:
-    page_file, _ = write_report(fleet)
+def test_static_parts_work_without_javascript(
+    capsys: pytest.CaptureFixture[str], fleet: Path, open_page: OpenPage
+) -> None:
+    page_file = write_report(capsys, fleet)
     opened = open_page(page_file, javascript=False)
     page = opened.page
     shown = {name: number(page.inner_text(f'[data-metric="{name}"]')) for name in EXPECTED}
@@ -290,7 +311,11 @@ def test_static_parts_work_without_javascript(fleet: Path, open_page: OpenPage) 
     assert not offline.locator("table").is_visible()
     offline.locator("summary").click()  # <details> opens without a script
     assert offline.locator("tbody td").first.inner_text() == "P1/t3"
-    assert page.locator("svg.history g.run").count() == 2
+    runs = open_store("rrpcsync.state.json").runs()
+    assert len(runs) == 3  # the apply's own, and the two the fixture recorded
+    assert page.locator("svg.history g.run").count() == 3
+    applied = page.locator("table.runs tbody tr").last.locator("td").all_inner_texts()
+    assert applied[1:5] == ["apply", "8", "5", "3"]  # the fixture's apply: 8 sent, 3 failed
     assert opened.errors == []
 
 
@@ -342,9 +367,11 @@ def test_a_100000_device_fleet_stays_small_and_searchable(
     assert opened.errors == []
 
 
-def test_screenshot_for_the_docs(fleet: Path, open_page: OpenPage) -> None:
+def test_screenshot_for_the_docs(
+    capsys: pytest.CaptureFixture[str], fleet: Path, open_page: OpenPage
+) -> None:
     """docs/report.md shows this screenshot: `RRPCSYNC_UPDATE_DOCS=1` writes it there."""
-    page_file, _ = write_report(fleet, group_by=["manifest", "product"])
+    page_file = write_report(capsys, fleet, group_by=["manifest", "product"])
     opened = open_page(page_file, width=1000)
     page = opened.page
     page.locator("#results tbody tr").first.wait_for()
@@ -353,6 +380,136 @@ def test_screenshot_for_the_docs(fleet: Path, open_page: OpenPage) -> None:
     if os.environ.get("RRPCSYNC_UPDATE_DOCS") == "1":
         DOCS_SCREENSHOT.write_bytes(shot)
     assert DOCS_SCREENSHOT.exists(), "run with RRPCSYNC_UPDATE_DOCS=1 to write docs/report.png"
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_json_form_has_the_states_numbers_and_nothing_is_written(
+    capsys: pytest.CaptureFixture[str], fleet: Path
+) -> None:
+    state_file = fleet / "rrpcsync.state.json"
+    before = {path.name: path.read_bytes() for path in fleet.glob("rrpcsync.state.json*")}
+    result = run(capsys, "report", "--format", "json", "--group-by", "label:site")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    totals = document["totals"]
+    expected = counts_from_state_file(fleet)
+    assert {name: totals[name] for name in expected} == expected
+    assert (totals["total"], totals["orphaned"], totals["deferred"]) == (9, 1, 0)
+    assert totals["percent"]["failed"] == round(100 * 3 / 9, 1)
+    assert document["windows"] is False
+    sites = {row["value"]: row["total"] for row in document["groups"]["label:site"]}
+    assert sites == {"beijing": 3, "shanghai": 5, HOSTILE_LABEL: 1}
+    failed = {item["key"]: item["code"] for item in document["failures"]}
+    assert failed == {
+        "P1/t3": "FailedOperation.DeviceOffline",
+        "P1/t4": HOSTILE_CODE,
+        "P2/s2": "ReplyMismatch",
+    }
+    assert next(f for f in document["failures"] if f["key"] == "P2/s2")["reply"] == HOSTILE_REPLY
+    assert [r["ci_url"] for r in document["runs"]][1:] == [
+        "https://github.com/acme/fleet/actions/runs/7",
+        None,  # javascript: is no link
+    ]
+    assert document["state"]["serial"] == json.loads(state_file.read_text("utf-8"))["serial"]
+    after = {path.name: path.read_bytes() for path in fleet.glob("rrpcsync.state.json*")}
+    assert after == before  # report reads; it writes no state, journal, lock or history
+
+
+def test_text_and_markdown_forms_and_the_step_summary(
+    capsys: pytest.CaptureFixture[str], fleet: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = run(capsys, "report")
+    assert text.code == 0
+    assert text.out_lines[0] == (
+        "Compliance: 22.2% of 9 declared device(s) are applied and current."
+    )
+    assert "  failed             3   33.3%" in text.out_lines
+    assert (
+        "  thermostats: 16.7% current; 1 current, 1 outdated, 2 failed, 1 pending, "
+        "1 never sent" in text.out_lines
+    )
+    summary = fleet / "summary.md"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    markdown = run(capsys, "report", "--format", "markdown")
+    assert markdown.code == 0
+    assert summary.read_text("utf-8").strip() == markdown.out.strip()
+    lines = markdown.out_lines
+    assert lines[0] == "<!-- rrpcsync-report -->"
+    assert (
+        "| **all** | 9 | 2 (22.2%) | 1 (11.1%) | 1 (11.1%) | 3 (33.3%) | 1 (11.1%) "
+        "| 1 (11.1%) | 0 |" in lines
+    )
+    chart = lines[lines.index("```mermaid") : lines.index("```mermaid") + 9]
+    assert chart[1:3] == ["pie showData", "    title Devices by status"]
+    assert '    "failed" : 3' in chart and '    "pending" : 1' in chart
+    assert "| `&lt;img src=x onerror=alert('code')&gt;` | 1 |" in lines
+    assert HOSTILE_CODE not in markdown.out
+
+
+def test_bad_input_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str], fleet: Path) -> None:
+    bad_group = run(capsys, "report", "--group-by", "site")
+    assert bad_group.code == 1
+    assert "expected manifest, product or label:KEY, not 'site'" in bad_group.err
+    write(fleet / "configs" / "broken.yaml", "apiVersion: rrpcsync/v1\nkind: Nope\n")
+    broken = run(capsys, "report", "--html", "r.html")
+    assert broken.code == 1
+    assert "configs/broken.yaml:2:7: error: $.kind: must be 'DeviceConfig'" in broken.err
+    assert not (fleet / "r.html").exists()
+    (fleet / "configs" / "broken.yaml").unlink()
+    (fleet / "other.json").write_text("{not json", encoding="utf-8")
+    corrupt = run(capsys, "report", "--state", "other.json")
+    assert corrupt.code == 1
+    assert corrupt.err.startswith("error: ") and "other.json" in corrupt.err
+    assert len(corrupt.err.splitlines()) == 1 and "Traceback" not in corrupt.err
+
+
+def test_apply_step_summary_has_a_chart_of_the_results(
+    capsys: pytest.CaptureFixture[str], fleet: Path, monkeypatch: pytest.MonkeyPatch, emulator: Any
+) -> None:
+    summary = fleet / "summary.md"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    emu = emulator({"devices": {**EMULATED["devices"], "P1/t4": {}, "P1/t6": {}}})
+    args = ("apply", "configs", "--auto-approve", "--endpoint", emu.url, "--retries", "0")
+    assert in_thread(run, capsys, *args).code == 3  # P1/t3 and P2/s2 fail again
+    lines = summary.read_text("utf-8").splitlines()
+    start = lines.index("```mermaid")
+    chart = lines[start : lines.index("```", start) + 1]
+    assert chart[:3] == ["```mermaid", "pie showData", "    title Apply"]
+    assert sorted(chart[3:-1]) == sorted(
+        [
+            '    "applied" : 4',  # t2 (outdated), t4, t5 (pending), t6 (never sent)
+            '    "failed: FailedOperation.DeviceOffline" : 1',
+            '    "failed: ReplyMismatch" : 1',
+        ]
+    )
+    assert chart[-1] == "```"
+
+
+def test_mermaid_pies_are_safe_and_compact() -> None:
+    slices = [("ok", 3), ("none", 0), ('bad"`#;\ncode', 2)]
+    assert mermaid_pie('A "title"\n', slices) == [
+        "```mermaid",
+        "pie showData",
+        "    title A title",
+        '    "ok" : 3',
+        '    "bad code" : 2',
+        "```",
+    ]
+    assert mermaid_pie("nothing", [("a", 0)]) == []
+    many = mermaid_pie("many", [(f"code{n}", 100 - n) for n in range(12)])
+    assert (
+        len(many) == 3 + 8 + 1 and many[-2] == f'    "other" : {sum(100 - n for n in range(7, 12))}'
+    )
+    assert results_chart(5, {"B": 1, "A": 1, "C": 3}, 0)[3:-1] == [
+        '    "applied" : 5',
+        '    "failed: C" : 3',
+        '    "failed: A" : 1',
+        '    "failed: B" : 1',
+    ]
 
 
 # --------------------------------------------------------------------------- the numbers
@@ -464,7 +621,7 @@ def test_group_by_specs() -> None:
     assert parse_group_by("label:site").name == "label:site"
     assert parse_group_by("product") is not None
     for bad in ("label:", "site", "labels:x", ""):
-        with pytest.raises(ValueError, match="manifest, product or label:KEY"):
+        with pytest.raises(ValueError, match="expected manifest, product or label:KEY"):
             parse_group_by(bad)
 
 

@@ -23,6 +23,7 @@ COMMAND_MODULES = {
     "emulator": "tools",
     "login": "login",
     "plan": "plan",
+    "report": "report",
     "schema": "validate",
     "state": "state",
     "validate": "validate",

@@ -339,3 +339,31 @@ plan_output_options = _stack(
     ),
     detail_option,
 )
+
+
+def _group_by_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+    from rrpcsync.report.model import parse_group_by
+
+    try:
+        return tuple(parse_group_by(value) for value in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+report_options = _stack(
+    click.option(
+        "--html",
+        "html_path",
+        type=click.Path(dir_okay=False),
+        help="Write the report as one self-contained HTML page to this file.",
+    ),
+    click.option(
+        "--group-by",
+        "group_by",
+        multiple=True,
+        callback=_group_by_option,
+        metavar="manifest|product|label:KEY",
+        help="Compliance per manifest, product or value of a label (repeatable).  "
+        "[default: manifest, product]",
+    ),
+)

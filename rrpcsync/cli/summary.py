@@ -10,6 +10,7 @@ from rrpcsync.cli.output import append_step_summary
 from rrpcsync.model import Plan
 from rrpcsync.planning import render
 from rrpcsync.planning.deferral import next_window
+from rrpcsync.report.mermaid import results_chart
 
 if TYPE_CHECKING:
     from rrpcsync.run.executor import ApplyReport
@@ -102,7 +103,10 @@ def render_report(report: ApplyReport, json_out: bool, fatal: str | None = None)
     lines = summary_lines(report)
     for line in lines:
         out(line)
-    append_step_summary("\n".join(["### rrpcsync apply", "", *_markdown_lines(lines), ""]))
+    not_sent = len(report.not_sent) + len(report.unknown)
+    chart = results_chart(len(report.applied), report.failures_by_code, not_sent)
+    markdown = ["### rrpcsync apply", "", *_markdown_lines(lines), "", *chart, ""]
+    append_step_summary("\n".join(markdown))
 
 
 def _markdown_lines(lines: list[str]) -> list[str]:

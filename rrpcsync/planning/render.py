@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -423,6 +424,7 @@ def plan_markdown(
     ]
     head += _markdown_notes(plan)
     head += _markdown_drift(plan)
+    head += plan_chart(summary)
     preview = rollout_lines(plan, rollout)
     head += [*(f"- {_html(line)}" for line in preview), ""] if preview else []
     if summary.deferred:
@@ -456,6 +458,53 @@ def _markdown_notes(plan: Plan) -> list[str]:
 
 def _md_code(text: str) -> str:
     return _html(text.replace("`", "'"))
+
+
+def plan_chart(summary: Summary) -> list[str]:
+    """The changes as a mermaid pie (GitHub draws it), with a blank line after; none without
+    changes."""
+    slices = [
+        ("create", summary.create),
+        ("update", summary.update),
+        ("retry", summary.retry),
+        ("drift", summary.drift),
+        ("orphaned", summary.orphan),
+    ]
+    chart = mermaid_pie(f"{summary.to_send + summary.orphan} change(s)", slices)
+    return [*chart, ""] if chart else []
+
+
+# --------------------------------------------------------------------------- mermaid
+
+MERMAID_SLICES = 8  # more slices are unreadable: the smallest are summed as "other"
+MERMAID_LABEL_CHARS = 48
+_MERMAID_UNSAFE = re.compile(r"[\"`#;\\\x00-\x1f\x7f\u2028\u2029]")
+
+
+def mermaid_label(text: str) -> str:
+    """Text safe inside a mermaid string: no double quote, backtick, `#`, `;` or line break,
+    so a label (an error code from a reply, say) cannot end its string, the diagram or the
+    markdown code fence."""
+    cleaned = " ".join(_MERMAID_UNSAFE.sub(" ", text).split()) or "?"
+    if len(cleaned) <= MERMAID_LABEL_CHARS:
+        return cleaned
+    return cleaned[: MERMAID_LABEL_CHARS - 1] + "…"
+
+
+def mermaid_pie(title: str, slices: Iterable[tuple[str, int]]) -> list[str]:
+    """A fenced ```mermaid pie with its numbers shown; no lines when every slice is 0
+    (mermaid refuses slices that are not positive, so zeros are left out)."""
+    shown = [(name, count) for name, count in slices if count > 0]
+    if not shown:
+        return []
+    if len(shown) > MERMAID_SLICES:
+        ordered = sorted(shown, key=lambda item: -item[1])
+        rest = sum(count for _, count in ordered[MERMAID_SLICES - 1 :])
+        shown = [*ordered[: MERMAID_SLICES - 1], ("other", rest)]
+    lines = ["```mermaid", "pie showData", f"    title {mermaid_label(title)}"]
+    lines.extend(f'    "{mermaid_label(name)}" : {count}' for name, count in shown)
+    lines.append("```")
+    return lines
 
 
 def _markdown_drift(plan: Plan) -> list[str]:

@@ -140,7 +140,7 @@ def parse_group_by(text: str) -> GroupBy:
     kind, _, label = text.partition(":")
     if kind == "label" and label.strip():
         return GroupBy("label", label.strip())
-    raise ValueError(f"--group-by takes manifest, product or label:KEY, not {text!r}")
+    raise ValueError(f"expected manifest, product or label:KEY, not {text!r}")
 
 
 @dataclass(frozen=True, slots=True)
