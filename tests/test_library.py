@@ -38,7 +38,7 @@ def test_the_documented_example_runs(tmp_path: Path, emulator: StartEmulator) ->
     declared = len(api.validate_manifests([str(EXAMPLES / "configs")]).devices)
     assert lines[0] == f"to send: {declared}"
     assert f"applied: {declared} failed: 0" in lines
-    assert lines[-1] == "to send after apply: 0"
+    assert lines[-2:] == ["to send after apply: 0", "current: 100.0% runs: 1"]
     assert emu.stats()["requests_total"] == declared  # each payload sent once
     saved = json.loads(state.read_text(encoding="utf-8"))
     assert len(saved["devices"]) == declared
