@@ -392,22 +392,24 @@ def fleet_report(
     store: StateStore,
     *,
     group_by: Sequence[GroupBy] | None = None,
-    deferred_manifests: Sequence[str] | None = None,
+    now: datetime | None = None,
 ) -> Report:
     """`rrpcsync report`: how the state compares with the manifests, and the run history
-    (docs/report.md). Reads only; `deferred_manifests` are those whose maintenance window is
-    closed (None: windows unknown, nothing counts as deferred)."""
+    (docs/report.md). Reads only. Devices that need a send while all their manifest's
+    maintenance windows are closed at `now` (default: the current time) count as deferred."""
+    from rrpcsync.planning.deferral import closed_manifests
     from rrpcsync.report.model import DEFAULT_GROUP_BY, build_report
 
     desired, state = loader.load_manifests_while(paths or DEFAULT_PATHS, store.load)
     if not desired.ok:
         raise ManifestError(desired.diagnostics, loader.summary_line(desired))
+    policies = declared_policies(desired.manifests)
     return build_report(
         desired.devices,
         state,
         store.runs(),
         group_by=group_by or DEFAULT_GROUP_BY,
-        deferred_manifests=deferred_manifests,
+        deferred_manifests=closed_manifests(policies, now or datetime.now(timezone.utc)),
     )
 
 

@@ -13,6 +13,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -398,7 +399,7 @@ def test_json_form_has_the_states_numbers_and_nothing_is_written(
     assert {name: totals[name] for name in expected} == expected
     assert (totals["total"], totals["orphaned"], totals["deferred"]) == (9, 1, 0)
     assert totals["percent"]["failed"] == round(100 * 3 / 9, 1)
-    assert document["windows"] is False
+    assert document["windows"] == {"checked": True, "closed": {}}
     sites = {row["value"]: row["total"] for row in document["groups"]["label:site"]}
     assert sites == {"beijing": 3, "shanghai": 5, HOSTILE_LABEL: 1}
     failed = {item["key"]: item["code"] for item in document["failures"]}
@@ -512,6 +513,36 @@ def test_mermaid_pies_are_safe_and_compact() -> None:
     ]
 
 
+def test_devices_waiting_for_a_closed_window_count_as_deferred(
+    capsys: pytest.CaptureFixture[str], fleet: Path
+) -> None:
+    now = datetime.now(timezone.utc)
+    opens, closes = (now + timedelta(hours=2)).strftime("%H:%M"), (now + timedelta(hours=3))
+    window = f'{{start: "{opens}", end: "{closes:%H:%M}", timezone: UTC}}'
+    text = (fleet / "configs" / "fleet.yaml").read_text("utf-8")
+    sirens = text.index("  expect: {}")  # the second manifest: sirens waits for its window
+    write(
+        fleet / "configs" / "fleet.yaml", f"{text[:sirens]}  windows: [{window}]\n{text[sirens:]}"
+    )
+    document = json.loads(run(capsys, "report", "--format", "json").out)
+    opening = document["windows"]["closed"]["sirens"]
+    assert list(document["windows"]["closed"]) == ["sirens"]
+    assert opening.startswith((now + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M"))
+    by_manifest = {row["value"]: row for row in document["groups"]["manifest"]}
+    assert by_manifest["sirens"]["deferred"] == 2  # s2 failed, s3 drifted; s1 is current
+    assert by_manifest["thermostats"]["deferred"] == 0
+    assert document["totals"]["deferred"] == 2
+    assert {f["key"]: f["deferred"] for f in document["failures"]}["P2/s2"] is True
+    text_form = run(capsys, "report")
+    assert (
+        "  deferred           2   22.2%  (1 manifest(s) outside their maintenance windows "
+        "now)" in text_form.out_lines
+    )
+    page = write_report(capsys, fleet).read_text("utf-8")
+    assert f"<b>sirens</b> (opens <time>{opening}</time>)" in page
+    assert 'data-metric="deferred">2<' in page
+
+
 # --------------------------------------------------------------------------- the numbers
 
 
@@ -587,11 +618,12 @@ def test_counts_per_group_add_up_and_deferred_counts_on_top() -> None:
         desired,
         state,
         group_by=[MANIFEST, PRODUCT, parse_group_by("label:site")],
-        deferred_manifests={"m2"},
+        deferred_manifests={"m2": "2026-12-03T02:00:00Z"},
     )
     totals = report.totals
     assert (totals.total, totals.current, totals.failed, totals.never_sent) == (4, 1, 2, 1)
     assert (totals.deferred, report.orphaned, report.windows_known) == (2, 1, True)
+    assert report.closed_windows == {"m2": "2026-12-03T02:00:00Z"}
     assert totals.failed_by_code == {"Busy": 1, "Offline": 1}
     assert totals.compliance == 25.0
     by_site = {row.value: row.counts for row in report.groupings[2].rows}

@@ -12,7 +12,7 @@ import enum
 import json
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -312,7 +312,8 @@ class Report:
     groupings: tuple[Grouping, ...]
     devices: tuple[DeviceLine, ...]  # every declared device (manifest order), then orphans
     runs: tuple[RunPoint, ...]  # oldest first
-    windows_known: bool  # False: no maintenance windows were given, `deferred` is 0
+    windows_known: bool  # False: maintenance windows were not checked, `deferred` is 0
+    closed_windows: Mapping[str, str] = field(default_factory=dict)  # manifest -> next opening
 
     @property
     def failures(self) -> list[DeviceLine]:
@@ -328,13 +329,14 @@ def build_report(
     runs: Sequence[RunRecord] = (),
     *,
     group_by: Sequence[GroupBy] = DEFAULT_GROUP_BY,
-    deferred_manifests: Collection[str] | None = None,
+    deferred_manifests: Mapping[str, str] | None = None,
     generated_at: str | None = None,
 ) -> Report:
     """The numbers of the report.
 
-    `deferred_manifests`: the manifests whose maintenance window is closed now (their devices
-    that need a send are `deferred`); None when windows are not known, and nothing is deferred.
+    `deferred_manifests`: the manifests whose maintenance windows are all closed now, with
+    their next opening (their devices that need a send are `deferred`); None when windows
+    were not checked, and nothing is deferred.
     """
     records = state.devices
     closed = frozenset(deferred_manifests or ())
@@ -369,6 +371,7 @@ def build_report(
         devices=tuple(lines),
         runs=tuple(run_point(run) for run in runs),
         windows_known=deferred_manifests is not None,
+        closed_windows=dict(sorted((deferred_manifests or {}).items())),
     )
 
 
@@ -399,7 +402,7 @@ def report_document(report: Report) -> dict[str, Any]:
         "version": REPORT_FORMAT_VERSION,
         "generated_at": report.generated_at,
         "state": {"location": report.location, "lineage": report.lineage, "serial": report.serial},
-        "windows": report.windows_known,
+        "windows": {"checked": report.windows_known, "closed": dict(report.closed_windows)},
         "totals": {**counts_document(report.totals), "orphaned": report.orphaned},
         "groups": {
             grouping.by.name: [

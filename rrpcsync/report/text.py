@@ -38,7 +38,7 @@ def report_text(report: Report) -> Iterator[str]:
     for category in COMPLIANCE:
         count = totals.of(category)
         yield f"  {category.label:<11} {count:>8,}  {totals.percent(count):5.1f}%"
-    windows = "" if report.windows_known else "  (no maintenance windows given)"
+    windows = _windows_note(report)
     deferred = f"{totals.deferred:>8,}  {totals.percent(totals.deferred):5.1f}%"
     yield f"  {'deferred':<11} {deferred}{windows}"
     yield f"  {'orphaned':<11} {report.orphaned:>8,}  (in the state, declared by no manifest)"
@@ -54,6 +54,13 @@ def report_text(report: Report) -> Iterator[str]:
             f"Last run: {last.command} finished {last.finished_at}: {last.sent:,} sent, "
             f"{last.failed:,} failed ({len(report.runs)} run(s) in the history)."
         )
+
+
+def _windows_note(report: Report) -> str:
+    if not report.windows_known:
+        return "  (maintenance windows not checked)"
+    closed = len(report.closed_windows)
+    return f"  ({closed} manifest(s) outside their maintenance windows now)" if closed else ""
 
 
 def _grouping_text(grouping: Grouping) -> Iterator[str]:
