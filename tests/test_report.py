@@ -21,11 +21,11 @@ import pytest
 
 from rrpcsync import api
 from rrpcsync.manifests.loader import load_manifests
-from rrpcsync.model import DesiredDevice, DeviceRecord, ErrorInfo, Probe, Status
-from rrpcsync.planning.render import mermaid_pie
+from rrpcsync.model import DesiredDevice, DeviceRecord, ErrorInfo, Probe, Status, Summary
+from rrpcsync.planning.render import mermaid_pie, plan_chart
 from rrpcsync.report import html as report_html
 from rrpcsync.report.html import render_html
-from rrpcsync.report.mermaid import results_chart
+from rrpcsync.report.mermaid import compliance_chart, results_chart
 from rrpcsync.report.model import (
     COMPLIANCE,
     MANIFEST,
@@ -541,6 +541,43 @@ def test_devices_waiting_for_a_closed_window_count_as_deferred(
     page = write_report(capsys, fleet).read_text("utf-8")
     assert f"<b>sirens</b> (opens <time>{opening}</time>)" in page
     assert 'data-metric="deferred">2<' in page
+
+
+MERMAID_JS = os.environ.get("RRPCSYNC_MERMAID_JS")  # .ci/run installs mermaid from npm
+
+
+@pytest.mark.skipif(not MERMAID_JS, reason="RRPCSYNC_MERMAID_JS (mermaid.min.js) is not set")
+def test_charts_parse_and_draw_with_mermaid(browser: Any) -> None:
+    """The charts GitHub draws, checked by mermaid's own parser and renderer in Chromium."""
+    hostile = {'a"b`c#d;e\nf': 2, "<script>alert('x')</script>": 1, "ok": 4}
+    totals = build_report([device("P/d1"), device("P/d2")], State("mem", "L")).totals
+    charts = [
+        plan_chart(Summary(create=4, update=1, retry=1, drift=2, orphan=1, noop=9)),
+        compliance_chart(totals),
+        results_chart(10, hostile, 3),
+        mermaid_pie("many", [(f"code {n}", n + 1) for n in range(12)]),
+    ]
+    page = browser.new_page()
+    try:
+        page.set_content("<!doctype html><body></body>")
+        page.add_script_tag(path=MERMAID_JS)
+        for number, chart in enumerate(charts):
+            body = "\n".join(line for line in chart if line and not line.startswith("```"))
+            drawn = page.evaluate(
+                """async ([id, text]) => {
+                    mermaid.initialize({ startOnLoad: false });
+                    try { await mermaid.parse(text); } catch (e) { return "error: " + e.message; }
+                    const { svg } = await mermaid.render(id, text);
+                    return svg;
+                }""",
+                [f"chart{number}", body],
+            )
+            assert drawn.startswith("<svg"), (body, drawn[:300])
+            for line in (line for line in chart if line.startswith('    "')):
+                label = line.split('"')[1]
+                assert html.escape(label, quote=False) in drawn or label in drawn, label
+    finally:
+        page.close()
 
 
 # --------------------------------------------------------------------------- the numbers
