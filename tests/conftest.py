@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+import os
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,30 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
         "RRPCSYNC_LOGIN_ENDPOINT",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A real PostgreSQL server (initdb + pg_ctl in a temporary folder), for the session.
+
+    Skipped with the reason when PostgreSQL or psycopg is missing, except in CI (CI=true),
+    where that fails: `.ci/run` installs both, so these tests always run there.
+    """
+    from tests import pgserver
+
+    reason = pgserver.missing_reason()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {reason}")
+        pytest.skip(reason)
+    with pgserver.running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> str:
+    """The URL (password included) of a fresh, empty database on the test server."""
+    return str(pg_server.new_database())

@@ -20,6 +20,24 @@ __all__ = [
 ]
 
 
-def open_store(spec: str) -> StateStore:
-    """The store named by `--state`: a path is the JSON file."""
+def open_store(spec: str, name: str = "default") -> StateStore:
+    """The store named by `--state`: `sqlite:///PATH`, `postgresql://…`, else a JSON file path.
+
+    `name` (`--state-name`) picks one of the states a database holds; a JSON file holds one.
+    """
+    if spec.startswith("sqlite:"):
+        from rrpcsync.state.sqlite import SqliteStore
+
+        return SqliteStore(spec, name)
+    if spec.startswith(("postgresql:", "postgres:")):
+        from rrpcsync.state.postgres import PostgresStore
+
+        return PostgresStore(spec, name)
+    if name != "default":
+        from rrpcsync.errors import UsageError
+
+        raise UsageError(
+            f"--state-name {name}: a JSON state file holds one state; use another file, or a "
+            "sqlite:/// or postgresql:// store"
+        )
     return JsonFileStore(spec)
