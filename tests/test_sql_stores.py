@@ -6,7 +6,6 @@ PostgreSQL server started for the session (tests/pgserver.py); never a mock.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
@@ -346,9 +345,8 @@ def test_a_held_lock_names_its_holder(
         assert holder["command"] == "state rm"
         assert holder["pid"] == os.getpid()
         assert holder["ci_url"] == "https://github.com/acme/fleet/actions/runs/99"
-        with pytest.raises(LockedError) as caught:
-            with other.lock("apply"):
-                pass
+        with pytest.raises(LockedError) as caught, other.lock("apply"):
+            pass
         message = str(caught.value)
         assert f"pid {os.getpid()}" in message and "state rm" in message
         assert "actions/runs/99" in message and "since " in message
@@ -499,7 +497,7 @@ def test_sqlite_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_sqlite_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "s.db").write_text("not a database, just text " * 100)
-    with pytest.raises(StateError, match="s.db"):
+    with pytest.raises(StateError, match=r"s\.db"):
         open_store(f"sqlite:///{tmp_path}/s.db").load()
 
 
