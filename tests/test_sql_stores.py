@@ -313,7 +313,7 @@ def test_an_older_schema_is_migrated(store_factory: StoreFactory) -> None:
         store._conn = store._connect()
         with store.transaction() as cur:
             for statement in MIGRATIONS[0]:
-                cur.execute(statement.format(id=store.id_column, big=store.big_integer))
+                cur.execute(store.ddl(statement))
             cur.execute(store.q("UPDATE rrpcsync_schema SET version = ?"), (1,))
             cur.execute(
                 store.q("INSERT INTO rrpcsync_states (name, lineage, serial) VALUES (?, ?, ?)"),

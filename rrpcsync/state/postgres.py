@@ -60,6 +60,7 @@ class PostgresStore(SqlStore):
     engine_name = "PostgreSQL"
     id_column = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
     big_integer = "BIGINT"
+    devices_options = " WITH (fillfactor = 70)"  # room for in-page (HOT) updates of a row
 
     def __init__(self, url: str, name: str = DEFAULT_STATE_NAME) -> None:
         if not is_postgres_url(url):

@@ -25,8 +25,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from rrpcsync.errors import LockedError, StateError
-from rrpcsync.model import DeviceRecord
-from rrpcsync.state.jsonfile import record_from_dict, record_to_dict
+from rrpcsync.model import DeviceRecord, ErrorInfo, Status
+from rrpcsync.state.jsonfile import gc_paused, record_from_dict, record_to_dict
 from rrpcsync.state.lock import describe_holder, holder_info
 from rrpcsync.state.store import RunRecord, State, new_lineage
 
@@ -45,8 +45,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE rrpcsync_states (name TEXT PRIMARY KEY, lineage TEXT NOT NULL,"
         " serial {big} NOT NULL)",
         "CREATE TABLE rrpcsync_devices (state TEXT NOT NULL, key TEXT NOT NULL,"
-        " serial {big} NOT NULL, status TEXT NOT NULL, payload_sha256 TEXT,"
-        " target_sha256 TEXT, manifest TEXT, record TEXT NOT NULL, PRIMARY KEY (state, key))",
+        " serial {big} NOT NULL, status TEXT NOT NULL, payload_sha256 TEXT, payload TEXT,"
+        " target_sha256 TEXT, request_id TEXT, message_id {big}, reply_base64 TEXT,"
+        " reply_text TEXT, applied_at TEXT, attempts INTEGER NOT NULL, error_code TEXT,"
+        " error_message TEXT, error_at TEXT, manifest TEXT, observed TEXT, observed_at TEXT,"
+        " record TEXT, PRIMARY KEY (state, key)){devices_options}",
         "CREATE TABLE rrpcsync_locks (state TEXT PRIMARY KEY, holder TEXT NOT NULL)",
         "CREATE TABLE rrpcsync_runs (id {id}, state TEXT NOT NULL, started_at TEXT NOT NULL,"
         " finished_at TEXT NOT NULL, command TEXT NOT NULL, ci_url TEXT, commit_sha TEXT,"
@@ -64,14 +67,36 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
-_DEVICE_COLUMNS = "key, serial, status, payload_sha256, target_sha256, manifest, record"
-_UPSERT_DEVICE = (
-    f"INSERT INTO rrpcsync_devices (state, {_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (state, key) DO UPDATE SET serial = excluded.serial,"
-    " status = excluded.status, payload_sha256 = excluded.payload_sha256,"
-    " target_sha256 = excluded.target_sha256, manifest = excluded.manifest,"
-    " record = excluded.record"
+# A record's fields have one column each (DeviceRecord's order; last_error in three), so a
+# load builds records without parsing JSON. `record` holds the record as JSON instead, only
+# when a field holds what the engine cannot store as text (NUL, a lone surrogate).
+_FIELD_COLUMNS = (
+    "status",
+    "payload_sha256",
+    "payload",
+    "target_sha256",
+    "request_id",
+    "message_id",
+    "reply_base64",
+    "reply_text",
+    "applied_at",
+    "attempts",
+    "error_code",
+    "error_message",
+    "error_at",
+    "manifest",
+    "observed",
+    "observed_at",
+    "record",
 )
+_DEVICE_COLUMNS = ", ".join(("key", "serial", *_FIELD_COLUMNS))
+_UPSERT_DEVICE = (
+    f"INSERT INTO rrpcsync_devices (state, {_DEVICE_COLUMNS})"
+    f" VALUES ({', '.join('?' for _ in range(len(_FIELD_COLUMNS) + 3))})"
+    " ON CONFLICT (state, key) DO UPDATE SET serial = excluded.serial, "
+    + ", ".join(f"{name} = excluded.{name}" for name in _FIELD_COLUMNS)
+)
+_STATUS_BY_VALUE = {status.value: status for status in Status}
 _RUN_COLUMNS = (
     "started_at, finished_at, command, ci_url, commit_sha, sent, applied, failed,"
     " failed_by_code, counts"
@@ -114,16 +139,52 @@ def record_json(record: DeviceRecord) -> str:
 
 
 def device_row(state: str, serial: int, key: str, record: DeviceRecord) -> tuple[Any, ...]:
+    if not storable(record):
+        kept = (record.status.value, record.payload_sha256, None, record.target_sha256)
+        blank = (None,) * 5 + (record.attempts, None, None, None, record.manifest, None, None)
+        return (state, key, serial, *kept, *blank, record_json(record))
+    error = record.last_error
     return (
         state,
         key,
         serial,
         record.status.value,
-        record.payload_sha256,
-        record.target_sha256,
+        *record[1:10],
+        *((None, None, None) if error is None else error),
         record.manifest,
-        record_json(record),
+        record.observed,
+        record.observed_at,
+        None,
     )
+
+
+def storable(record: DeviceRecord) -> bool:
+    """Whether every text field can be a text column: no NUL (PostgreSQL refuses it) and
+    no lone surrogate (not UTF-8)."""
+    texts = [value for value in record if type(value) is str]
+    if record.last_error is not None:
+        texts.extend(record.last_error)
+    return all("\x00" not in text and (text.isascii() or _encodes(text)) for text in texts)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def record_from_row(row: Sequence[Any]) -> DeviceRecord:
+    """A record from a row of `key, serial, <_FIELD_COLUMNS>`."""
+    key = row[0]
+    if row[18] is not None:
+        return read_record(key, row[18])
+    status = _STATUS_BY_VALUE.get(row[2])
+    if status is None:
+        raise StateError(f"device '{key}': stored status {row[2]!r} is not a status")
+    error = None if row[12] is None else ErrorInfo(row[12], row[13], row[14])
+    return DeviceRecord._make((status, *row[3:11], int(row[11]), error, *row[15:18]))
 
 
 def read_record(key: str, text: str) -> DeviceRecord:
@@ -174,6 +235,7 @@ class SqlStore(ABC):
 
     id_column = "INTEGER PRIMARY KEY"
     big_integer = "BIGINT"
+    devices_options = ""
     engine_name = "SQL"
 
     def __init__(self, location: str, name: str = DEFAULT_STATE_NAME) -> None:
@@ -313,9 +375,14 @@ class SqlStore(ABC):
     @abstractmethod
     def _table_exists(self, cur: Cursor, table: str) -> bool: ...
 
+    def ddl(self, statement: str) -> str:
+        return statement.format(
+            id=self.id_column, big=self.big_integer, devices_options=self.devices_options
+        )
+
     def _migrate(self, cur: Cursor, number: int) -> None:
         for statement in MIGRATIONS[number - 1]:
-            cur.execute(statement.format(id=self.id_column, big=self.big_integer))
+            cur.execute(self.ddl(statement))
         cur.execute(self.q("UPDATE rrpcsync_schema SET version = ?"), (number,))
         if number > 1:
             log.info("%s: migrated the rrpcsync schema to version %d", self._location, number)
@@ -339,13 +406,14 @@ class SqlStore(ABC):
             if header is None:
                 return State(self.location, new_lineage())
             cur.execute(
-                self.q("SELECT key, serial, record FROM rrpcsync_devices WHERE state = ?"),
+                self.q(f"SELECT {_DEVICE_COLUMNS} FROM rrpcsync_devices WHERE state = ?"),
                 (self.name,),
             )
             rows = cur.fetchall()
         lineage, serial = header
-        devices = {key: read_record(key, text) for key, _, text in rows}
-        unsaved = sum(1 for _, row_serial, _ in rows if row_serial > serial)
+        with gc_paused():
+            devices = {row[0]: record_from_row(row) for row in rows}
+        unsaved = sum(1 for row in rows if row[1] > serial)
         return State(self.location, lineage, serial, devices, exists=True, replayed=unsaved)
 
     def records(self, keys: Iterable[str]) -> dict[str, DeviceRecord]:
@@ -357,12 +425,12 @@ class SqlStore(ABC):
                 marks = ", ".join("?" for _ in chunk)
                 cur.execute(
                     self.q(
-                        "SELECT key, record FROM rrpcsync_devices"
+                        f"SELECT {_DEVICE_COLUMNS} FROM rrpcsync_devices"
                         f" WHERE state = ? AND key IN ({marks})"
                     ),
                     (self.name, *chunk),
                 )
-                found.update((key, read_record(key, text)) for key, text in cur.fetchall())
+                found.update((row[0], record_from_row(row)) for row in cur.fetchall())
         return found
 
     # ---- StateStore: writing
