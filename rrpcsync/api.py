@@ -7,13 +7,14 @@ to the `say` callback, the plan to `show`, and confirmation is asked of `confirm
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,8 +63,11 @@ __all__ = [
     "fleet_report",
     "load_saved_plan",
     "log_in",
+    "migrate_state",
     "open_store",
     "plan_manifests",
+    "pull_state",
+    "push_state",
     "validate_manifests",
 ]
 
@@ -196,11 +200,11 @@ class SendLimit:
 # --------------------------------------------------------------------------- validate / plan
 
 
-def open_store(spec: str) -> StateStore:
-    """The store named by a `--state` value (`rrpcsync.state.open_store`)."""
+def open_store(spec: str, name: str = "default") -> StateStore:
+    """The store named by a `--state` value and `--state-name` (`rrpcsync.state.open_store`)."""
     from rrpcsync import state
 
-    return state.open_store(spec)
+    return state.open_store(spec, name)
 
 
 def validate_manifests(paths: Sequence[str] = ()) -> LoadResult:
@@ -590,7 +594,7 @@ def apply_manifests(
     plan_file = saved_plan_path(paths)
     if plan_file is not None:
         _refuse_narrowing(selection or Selection(), prune, drift, only_failed)
-    with store.lock("apply", timeout=lock_timeout):
+    with _writing(store, "apply", lock_timeout) as sharded:
         if plan_file is not None:
             planned = load_saved_plan(plan_file, store, say, windows)
         else:
@@ -619,7 +623,8 @@ def apply_manifests(
         if max_sends is not None:
             check_send_limit(the_plan, max_sends)
         confirm(the_plan)
-        report = _execute(planned, store, sender, rollout or RolloutSpec(), make_publisher)
+        claimed = _claim(sharded, store, planned, say)
+        report = _execute(planned, store, sender, rollout or RolloutSpec(), make_publisher, claimed)
         store.save(state)
         store.record_run(_run_record("apply", started, report, state))
     fatal = run_failure(report, sender.endpoint) if report.fatal is not None else None
@@ -673,18 +678,54 @@ def check_send_limit(the_plan: Plan, limit: SendLimit) -> None:
     )
 
 
+@contextlib.contextmanager
+def _writing(store: StateStore, command: str, timeout: float) -> Iterator[Any]:
+    """The store's lock; a store that shards (SQL) gives a run that claims devices instead,
+    so that applies with disjoint selections run at once (docs/state.md)."""
+    begin_run = getattr(store, "begin_run", None)
+    if begin_run is None:
+        with store.lock(command, timeout=timeout):
+            yield None
+        return
+    with begin_run(command, timeout) as sharded:
+        yield sharded
+
+
+def _claim(sharded: Any, store: StateStore, planned: Planned, say: Say) -> dict[str, str]:
+    """Claim what this run sends or forgets; returns the devices to skip, naming why: another
+    run in flight holds them, or wrote them after this run loaded the state."""
+    if sharded is None:
+        return {}
+    the_plan, state = planned.plan, planned.state
+    keys = [c.key for c in the_plan.changes if c.action.sends or c.action is Action.ORPHAN]
+    skipped = {key: f"claimed by {who}" for key, who in sharded.claim(keys).items()}
+    mine = [key for key in keys if key not in skipped]
+    stored = store.records(mine)  # type: ignore[attr-defined]
+    for key in mine:
+        if key not in state.changed and stored.get(key) != state.devices.get(key):
+            skipped[key] = "written by another run after this plan was made; plan again"
+    if skipped:
+        say(f"skipping {len(skipped)} device(s) another run has (see the summary)")
+    return skipped
+
+
 def _execute(
     planned: Planned,
     store: StateStore,
     sender: _Sender,
     flags: RolloutSpec,
     make_publisher: Callable[[], RrpcClient] | None,
+    claimed: Mapping[str, str] | None = None,
 ) -> ApplyReport:
-    """Forget orphans (with prune), then send in rollout order."""
+    """Forget orphans (with prune), then send in rollout order; skip what others claimed."""
     from rrpcsync.run.executor import ApplyReport, deferred_keys
     from rrpcsync.run.rollout import apply_rollout
 
     the_plan, state = planned.plan, planned.state
+    claimed = dict(claimed or {})
+    if claimed:
+        the_plan = _without(the_plan, claimed)
+        make_publisher = make_publisher if the_plan.summary.to_send else None
     pruned = prune_orphans(the_plan, state)
     report = ApplyReport()
     if make_publisher is not None:
@@ -701,7 +742,23 @@ def _execute(
         )
     report.pruned = pruned
     report.deferred = deferred_keys(the_plan)
+    report.claimed = claimed
     return report
+
+
+def _without(the_plan: Plan, keys: Mapping[str, str]) -> Plan:
+    """The plan without the changes of these devices (the summary counts what is left)."""
+    changes = tuple(c for c in the_plan.changes if c.key not in keys)
+    counts = Counter(c.action for c in changes)
+    summary = replace(
+        the_plan.summary,
+        create=counts[Action.CREATE],
+        update=counts[Action.UPDATE],
+        retry=counts[Action.RETRY],
+        drift=counts[Action.DRIFT],
+        orphan=counts[Action.ORPHAN],
+    )
+    return replace(the_plan, changes=changes, summary=summary)
 
 
 def prune_orphans(the_plan: Plan, state: State) -> list[str]:
@@ -878,6 +935,73 @@ def log_in(connection: Connection | None = None, say: Say = _quiet) -> LoggedIn:
         )
     session = asyncio.run(login_once(source))
     return LoggedIn(session.user, session.expire_at, source.endpoint)
+
+
+# --------------------------------------------------------------------------- moving state
+
+
+def migrate_state(source: StateStore, target: StateStore, lock_timeout: float = 0.0) -> State:
+    """`state migrate --to`: copy the state (lineage, serial, devices) and its run history to
+    an empty store. Both are locked; the source is left as it was."""
+    with (
+        source.lock("state migrate", timeout=lock_timeout),
+        target.lock("state migrate", timeout=lock_timeout),
+    ):
+        if target.exists() or target.load().devices:
+            raise UsageError(
+                f"{target.location} already holds a state; migrate only into an empty one"
+            )
+        state = source.load()
+        if not state.exists and not state.devices:
+            raise UsageError(f"{source.location} holds no state; nothing to migrate")
+        target.replace(state)
+        for run in source.runs():
+            target.record_run(run)
+    return state
+
+
+def pull_state(store: StateStore) -> bytes:
+    """`state pull`: the state as a JSON state file (any store), its serial kept."""
+    from rrpcsync.state.jsonfile import encode_state
+
+    state = store.load()
+    return encode_state(state, state.serial)
+
+
+def push_state(store: StateStore, path: str, lock_timeout: float = 0.0) -> State:
+    """`state push FILE`: replace the stored state with a JSON state file, guarded.
+
+    The file must have the store's lineage (a new store takes any), and must not be older
+    than the store: a file with the store's serial (pulled, then edited) is saved as the next
+    serial, one with a higher serial keeps it, one with a lower serial is refused.
+    """
+    from rrpcsync.state.jsonfile import read_state_file
+
+    pushed = read_state_file(Path(path))
+    if not pushed.exists:
+        raise UsageError(f"{path}: no such state file")
+    with store.lock("state push", timeout=lock_timeout):
+        current = store.load()
+        if current.exists:
+            _check_push(path, pushed, current)
+            if pushed.serial == current.serial:
+                pushed.serial += 1
+        store.replace(pushed)
+    return pushed
+
+
+def _check_push(path: str, pushed: State, current: State) -> None:
+    if pushed.lineage != current.lineage:
+        raise UsageError(
+            f"{path} has lineage {pushed.lineage}, but {current.location} has lineage "
+            f"{current.lineage}: it is another state; nothing was pushed"
+        )
+    if pushed.serial < current.serial:
+        raise UsageError(
+            f"{path} has serial {pushed.serial}, older than {current.location}'s "
+            f"{current.serial} (another run wrote it since the pull): pull again, redo the edit; "
+            "nothing was pushed"
+        )
 
 
 # --------------------------------------------------------------------------- messages

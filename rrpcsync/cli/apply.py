@@ -18,6 +18,7 @@ from rrpcsync.cli.inputs import (
     rollout_flags,
     selection_from,
     sending_options,
+    store_from,
     windows_from,
 )
 from rrpcsync.cli.options import (
@@ -78,16 +79,16 @@ def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options
     PATHS are manifest files/folders, or one saved plan (`plan --out`), applied exactly as
     saved: --target/--exclude/--selector/--only-failed/--prune/--refresh are refused.
     Changes outside their manifest's maintenance windows (spec.windows) are deferred, not
-    sent. Exit 0 all applied (or deferred), 3 some devices failed or were blocked, or the
-    rollout was aborted (docs/rollouts.md), 1 fatal error, unreachable endpoint, stale saved
-    plan or above --max-sends, 4 locked, 130 interrupted.
+    sent. Exit 0 all applied (or deferred), 3 some devices failed, were blocked or claimed by
+    another run (sharded apply), or the rollout was aborted (docs/rollouts.md), 1 fatal error,
+    unreachable endpoint, stale saved plan or above --max-sends, 4 locked, 130 interrupted.
     """
     json_out = options["output_format"] == "json"
     rollout = rollout_flags(options)
     try:
         applied = api.apply_manifests(
             paths,
-            api.open_store(state_path),
+            store_from(state_path),
             selection=selection_from(options["targets"], options["excludes"], options["selectors"]),
             prune=options["prune"],
             drift=drift_from(options),
@@ -152,4 +153,4 @@ def apply_exit_code(report: ApplyReport, fatal: str | None) -> ExitCode:
         return ExitCode.INTERRUPTED
     if report.aborted:
         click.echo(f"error: {report.aborted}", err=True)
-    return ExitCode.PARTIAL if report.failed or report.blocked else ExitCode.OK
+    return ExitCode.PARTIAL if report.failed or report.blocked or report.claimed else ExitCode.OK

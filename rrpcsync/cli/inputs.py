@@ -6,15 +6,25 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import click
+
 from rrpcsync import api
 from rrpcsync.cli.app import settings
-from rrpcsync.cli.options import AUTO
+from rrpcsync.cli.options import AUTO, STATE_NAME_KEY
 from rrpcsync.model import RolloutSpec
 from rrpcsync.planning.selection import Selection
+from rrpcsync.state import StateStore
 
 if TYPE_CHECKING:
     from rrpcsync.run.executor import ApplyOptions
     from rrpcsync.run.progress import Progress
+
+
+def store_from(state_path: str) -> StateStore:
+    """The store of `--state` and `--state-name` (the current command's)."""
+    ctx = click.get_current_context(silent=True)
+    name = ctx.meta.get(STATE_NAME_KEY, "default") if ctx is not None else "default"
+    return api.open_store(state_path, name)
 
 
 def selection_from(

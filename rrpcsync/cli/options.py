@@ -42,14 +42,36 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> float | str
 
 paths_argument = click.argument("paths", nargs=-1, type=click.Path())
 
-state_option = click.option(
-    "--state",
-    "state_path",
-    envvar="RRPCSYNC_STATE",
-    default=DEFAULT_STATE,
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="State file (env RRPCSYNC_STATE).",
+STATE_NAME_KEY = "rrpcsync.state_name"
+
+
+def _remember_state_name(ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    ctx.meta[STATE_NAME_KEY] = value  # read by cli.inputs.store_from, next to --state
+    return value
+
+
+state_option = _stack(
+    click.option(
+        "--state",
+        "state_path",
+        envvar="RRPCSYNC_STATE",
+        default=DEFAULT_STATE,
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        help="The state: a JSON file, sqlite:///PATH.db or postgresql://USER@HOST/DB "
+        "(env RRPCSYNC_STATE; docs/state.md).",
+    ),
+    click.option(
+        "--state-name",
+        envvar="RRPCSYNC_STATE_NAME",
+        default="default",
+        show_default=True,
+        metavar="NAME",
+        expose_value=False,
+        is_eager=True,
+        callback=_remember_state_name,
+        help="Which state of a SQL store (several live in one database; env RRPCSYNC_STATE_NAME).",
+    ),
 )
 
 lock_timeout_option = click.option(

@@ -16,6 +16,7 @@ from rrpcsync.cli.inputs import (
     progress_bar,
     selection_from,
     sending_options,
+    store_from,
     windows_from,
 )
 from rrpcsync.cli.options import (
@@ -170,7 +171,7 @@ def plan_and_show(
     try:
         planned = api.plan_manifests(
             paths,
-            api.open_store(state_path),
+            store_from(state_path),
             selection=selection,
             prune=prune,
             drift=drift_from(options),

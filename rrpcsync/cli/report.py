@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rrpcsync import api
 from rrpcsync.cli.app import cli, examples, info, out
+from rrpcsync.cli.inputs import store_from
 from rrpcsync.cli.options import format_option, paths_argument, report_options, state_option
 from rrpcsync.cli.output import append_step_summary, write_text_file
 from rrpcsync.cli.validate import report_diagnostics
@@ -42,7 +43,7 @@ def report(
     Reads the state but never writes it. Invalid manifests print the validate output, exit 1.
     """
     try:
-        fleet = api.fleet_report(paths, api.open_store(state_path), group_by=group_by or None)
+        fleet = api.fleet_report(paths, store_from(state_path), group_by=group_by or None)
     except ManifestError as error:
         report_diagnostics(error, "text")
         raise SystemExit(ExitCode.ERROR) from None

@@ -11,6 +11,7 @@ import click
 
 from rrpcsync import api
 from rrpcsync.cli.app import cli, examples, info, out
+from rrpcsync.cli.inputs import store_from
 from rrpcsync.cli.options import (
     format_option,
     lock_timeout_option,
@@ -38,7 +39,8 @@ SHOWN_KEYS = 5  # keys named when a command works on many
     )
 )
 def state() -> None:
-    """Inspect and edit the state: list, show, forget, rename, adopt, unlock."""
+    """Inspect, edit and move the state (any store): list, show, forget, rename, adopt, unlock,
+    migrate, pull, push."""
 
 
 @state.command(
@@ -94,7 +96,7 @@ def state_list(
     """
     selection = Selection.from_options(targets, excludes, selectors)
     record_filter = RecordFilter(frozenset(statuses), manifests, error_codes, selection)
-    loaded, chosen = api.list_records(api.open_store(state_path), record_filter, paths)
+    loaded, chosen = api.list_records(store_from(state_path), record_filter, paths)
     check_exists(loaded)
     counts = Counter(record.status.value for _, record in chosen)
     if output_format == "json":
@@ -151,7 +153,7 @@ def state_show(key: str, state_path: str, output_format: str) -> None:
     loaded = load_existing(state_path)
     record = loaded.devices.get(key)
     if record is None:
-        raise UsageError(f"{key} is not in {state_path}")
+        raise UsageError(f"{key} is not in {loaded.location}")
     if output_format == "json":
         doc = {key: record_to_dict(record)}
         out(json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=True))
@@ -162,7 +164,7 @@ def state_show(key: str, state_path: str, output_format: str) -> None:
 
 def load_existing(state_path: str) -> State:
     """The state to inspect; a missing one is an error (a typo'd --state is not "0 devices")."""
-    return check_exists(api.open_store(state_path).load())
+    return check_exists(store_from(state_path).load())
 
 
 def check_exists(loaded: State) -> State:
@@ -223,9 +225,9 @@ def state_rm(keys: tuple[str, ...], state_path: str, lock_timeout: float, yes: b
 
     Every KEY must match; more than one device needs --yes without a terminal.
     """
-    store = api.open_store(state_path)
+    store = store_from(state_path)
     removed = api.remove_devices(store, keys, lock_timeout, confirm=lambda ks: _confirm(ks, yes))
-    info(f"removed {len(removed)} device(s) from {state_path}")
+    info(f"removed {len(removed)} device(s) from {store.location}")
 
 
 def _confirm(keys: Sequence[str], yes: bool) -> None:
@@ -260,10 +262,11 @@ def state_mv(old: str, new: str, state_path: str, lock_timeout: float) -> None:
 
     A device renamed in the manifests then plans as unchanged instead of create + orphan.
     """
-    moves = api.move_devices(api.open_store(state_path), old, new, lock_timeout)
+    store = store_from(state_path)
+    moves = api.move_devices(store, old, new, lock_timeout)
     first = next(iter(moves.items()))
     more = f" and {len(moves) - 1} more" if len(moves) > 1 else ""
-    info(f"renamed {first[0]} → {first[1]}{more} in {state_path}; nothing was sent")
+    info(f"renamed {first[0]} → {first[1]}{more} in {store.location}; nothing was sent")
 
 
 @state.command("unlock", epilog=examples("rrpcsync state unlock", "rrpcsync state unlock --force"))
@@ -271,4 +274,8 @@ def state_mv(old: str, new: str, state_path: str, lock_timeout: float) -> None:
 @click.option("--force", is_flag=True, help="Remove the lock even if its holder looks alive.")
 def state_unlock(state_path: str, force: bool) -> None:
     """Remove a stale lock left by a run that died."""
-    info(api.open_store(state_path).unlock(force))
+    info(store_from(state_path).unlock(force))
+
+
+# `state migrate|pull|push` live in their own module; importing it adds them to this group.
+from rrpcsync.cli import state_move  # noqa: E402, F401

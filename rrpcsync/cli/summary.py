@@ -30,6 +30,7 @@ NO_CHANGES_REPORT: dict[str, Any] = {
     "aborted": None,
     "fatal": None,
     "deferred": [],
+    "claimed_elsewhere": {},
 }
 
 
@@ -52,6 +53,7 @@ def report_document(report: ApplyReport, fatal: str | None = None) -> dict[str, 
         "aborted": report.aborted,
         "fatal": _fatal_document(report, fatal),
         "deferred": sorted(report.deferred),
+        "claimed_elsewhere": dict(sorted(report.claimed.items())),
     }
 
 
@@ -90,6 +92,9 @@ def summary_lines(report: ApplyReport) -> list[str]:
             f"  deferred {len(report.deferred):>4}  (outside their maintenance windows; "
             "--ignore-windows sends them now)"
         )
+    if report.claimed:
+        lines.append(f"  skipped {len(report.claimed):>5}  (another run has them: sharded apply)")
+        lines.extend(f"    {key}: {why}" for key, why in sorted(report.claimed.items())[:20])
     lines += render.failed_device_lines({key: err.code for key, err in report.failed.items()})
     lines += render.device_list_lines("Stale (not sent)", report.stale)
     lines += render.device_list_lines("Blocked (a dependency had failures)", report.blocked)

@@ -65,6 +65,7 @@ class ApplyReport:
     aborted: str | None = None  # why a rollout stopped early (rollout.py)
     endpoint_broken: bool = False  # `fatal` is the connection failure that stopped the run
     deferred: list[str] = field(default_factory=list)  # not sent: outside maintenance windows
+    claimed: dict[str, str] = field(default_factory=dict)  # not sent: another run has it
 
     @property
     def failures_by_code(self) -> Counter[str]:

@@ -246,6 +246,11 @@ class JsonFileStore:
     def save(self, state: State) -> None:
         save_state(state)
 
+    def replace(self, state: State) -> None:
+        """Make the file exactly `state`, its serial kept (`state migrate`, `state push`)."""
+        write_atomically(self.path, encode_state(state, state.serial))
+        remove_journal(self.path)
+
     def holder(self) -> dict[str, Any] | None:
         return read_holder(self.path)
 

@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 from rrpcsync.errors import LockedError, StateError
 from rrpcsync.model import DeviceRecord, ErrorInfo, Status
-from rrpcsync.state.jsonfile import gc_paused, record_from_dict, record_to_dict
 from rrpcsync.state.lock import describe_holder, holder_info
+from rrpcsync.state.records import gc_paused, record_from_dict, record_to_dict
 from rrpcsync.state.store import RunRecord, State, new_lineage
 
 log = logging.getLogger("rrpcsync.state")

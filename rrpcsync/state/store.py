@@ -110,3 +110,7 @@ class StateStore(Protocol):
 
     def runs(self) -> list[RunRecord]:
         """The run history, oldest first."""
+
+    def replace(self, state: State) -> None:
+        """Make the stored state exactly `state`: lineage, serial and devices (`state migrate`,
+        `state push`). Only a lock holder replaces."""
