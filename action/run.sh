@@ -65,7 +65,11 @@ if [[ ${RRPCSYNC_ACTION_SKIP_INSTALL:-} != 1 ]]; then
     exit 1
   fi
   echo "::group::Install rrpcsync from $action_path"
-  "$python" -m pip install --disable-pip-version-check --quiet "$action_path"
+  package=$action_path
+  if [[ ${state:-${RRPCSYNC_STATE:-}} == postgres* ]]; then
+    package="$action_path[postgres]"  # the PostgreSQL store needs psycopg (docs/state.md)
+  fi
+  "$python" -m pip install --disable-pip-version-check --quiet "$package"
   echo "::endgroup::"
 fi
 
@@ -104,7 +108,7 @@ and RRPCSYNC_PASSWORD (or a static RRPCSYNC_ACCESS_TOKEN) in the step's env from
     ;;
 esac
 if [[ -n $state && $command != validate ]]; then
-  if [[ $command == apply ]]; then
+  if [[ $command == apply && $state != *://* ]]; then
     mkdir -p -- "$(dirname -- "$state")"
   fi
   cmd+=(--state "$state")
@@ -114,9 +118,12 @@ cmd+=(--)
 append_words "${INPUT_PATHS:-}"
 
 # The command line holds no secret: the token is only ever read from the environment.
-printf '+ rrpcsync'
-printf ' %q' "${cmd[@]:3}"
-printf '\n'
+# A PostgreSQL URL's password (better kept in PGPASSWORD) is masked too.
+{
+  printf '+ rrpcsync'
+  printf ' %q' "${cmd[@]:3}"
+  printf '\n'
+} | sed -E 's#(postgres(ql)?://[^:/@]*):[^@/]*@#\1:***@#g'
 
 status=0
 "${cmd[@]}" || status=$?
