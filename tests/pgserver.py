@@ -25,6 +25,8 @@ USER = "rrpcsync"
 PASSWORD = "pg-Secret-4242-xyzzy"
 UNPRIVILEGED = "nobody"
 START_TIMEOUT_S = 60
+# Tests only kill clients, never the server's machine: no need to wait for the disk.
+FAST_SETTINGS = "-c fsync=off -c full_page_writes=off"
 
 
 def find_bin(name: str) -> str | None:
@@ -95,7 +97,7 @@ class PgServer:
             **kwargs,
         )
 
-    def start(self) -> None:
+    def start(self, settings: str = FAST_SETTINGS) -> None:
         initdb, pg_ctl = find_bin("initdb"), find_bin("pg_ctl")
         assert initdb and pg_ctl
         pwfile = self.folder / "pwfile"
@@ -117,8 +119,8 @@ class PgServer:
         )
         pwfile.unlink()
         options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off"
-            " -c full_page_writes=off -c max_connections=60 -c shared_buffers=16MB"
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder}"
+            f" -c max_connections=60 -c shared_buffers=16MB {settings}"
         )
         log = self.folder / "server.log"
         self.run(pg_ctl, "-D", str(self.data), "-l", str(log), "-o", options, "-w", "start")
@@ -156,14 +158,16 @@ class PgServer:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[PgServer]:
+def running_server(settings: str = FAST_SETTINGS) -> Iterator[PgServer]:
+    """A server for the duration of the block; `settings` ("" = PostgreSQL's defaults, as
+    the benchmarks use) are extra `-c name=value` options."""
     run_as = pwd.getpwnam(UNPRIVILEGED) if os.geteuid() == 0 else None
     folder = Path(tempfile.mkdtemp(prefix="rrpcsync-pg-", dir="/tmp"))  # short: socket path
     server = PgServer(folder, free_port(), run_as)
     try:
         server._own(folder)
         try:
-            server.start()
+            server.start(settings)
         except subprocess.CalledProcessError as exc:
             log = folder / "server.log"
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""

@@ -68,3 +68,18 @@ def test_readme_setup_commands_and_ci_use_the_same_test_command() -> None:
     assert blocks[0] == "pip install . && rrpcsync demo"
     assert blocks[1] == "pip install -e '.[dev]' && pytest"
     assert blocks[1] in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_the_sql_schema_is_documented() -> None:
+    """docs/state.md names every table of the SQL stores and the schema version."""
+    from rrpcsync.state.sql import MIGRATIONS, SCHEMA_VERSION
+
+    state_doc = (ROOT / "docs" / "state.md").read_text(encoding="utf-8")
+    tables = {
+        match
+        for statements in MIGRATIONS
+        for statement in statements
+        for match in re.findall(r"CREATE TABLE (\w+)", statement)
+    }
+    assert tables and all(f"`{table}`" in state_doc for table in tables), tables
+    assert f"the schema version ({SCHEMA_VERSION})" in state_doc
