@@ -105,7 +105,7 @@ def test_apply_plan_and_state_commands_on_a_sql_store(
     listing = run(capsys, "state", "list", "--state", url, "--format", "json")
     assert listing.code == 0
     assert json.loads(listing.out)["counts"] == {"applied": 8}
-    shown = run(capsys, "state", "show", "PA/d00001", "--state", url)
+    shown = run(capsys, "state", "show", "PA/d00001", "--state", url, "--format", "json")
     assert json.loads(shown.out)["PA/d00001"]["status"] == "applied"
     removed = run(capsys, "state", "rm", "PA/d00001", "--state", url)
     assert removed.code == 0 and "removed 1 device(s)" in removed.err
