@@ -276,6 +276,7 @@ class GroupCommit:
         self.waiters.append(future)
         if self.flushing is None or self.flushing.done():
             self.flushing = asyncio.ensure_future(self._flush_loop())
+            self.flushing.add_done_callback(_retrieve)  # its waiters got the exception
         await asyncio.shield(future)
 
     async def _flush_loop(self) -> None:
@@ -292,6 +293,11 @@ class GroupCommit:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 # --------------------------------------------------------------------------- executor
@@ -336,7 +342,7 @@ class Executor:
         self.progress.started(len(self.changes))
         try:
             await asyncio.gather(*workers)
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or a worker failed (the state store went away)
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
