@@ -67,7 +67,7 @@ if [[ ${RRPCSYNC_ACTION_SKIP_INSTALL:-} != 1 ]]; then
   echo "::group::Install rrpcsync from $action_path"
   package=$action_path
   if [[ ${state:-${RRPCSYNC_STATE:-}} == postgres* ]]; then
-    package="$action_path[postgres]"  # the PostgreSQL store needs psycopg (docs/state.md)
+    package="${action_path}[postgres]"  # the PostgreSQL store needs psycopg (docs/state.md)
   fi
   "$python" -m pip install --disable-pip-version-check --quiet "$package"
   echo "::endgroup::"
