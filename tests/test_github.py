@@ -527,6 +527,14 @@ def test_gitlab_state_branch_round_trip(origin: Path, tmp_path: Path) -> None:
     assert git(origin, "rev-parse", branch) == base
     assert (work / state).read_text(encoding="utf-8") == STATE_V1
 
+    work = clone(origin, tmp_path / "job3")  # the run history travels with the state
+    make_history = f"printf '%s\\n' '{HISTORY.strip()}' >\"$RRPCSYNC_STATE.history\""
+    run_script(f"{restore}\n{make_history}\n{save}", work, env, "sh")
+    assert git(origin, "show", f"{branch}:rrpcsync.state.json.history") + "\n" == HISTORY
+    work = clone(origin, tmp_path / "job4")
+    run_script(restore, work, env, "sh")
+    assert (work / f"{state}.history").read_text(encoding="utf-8") == HISTORY
+
 
 # --------------------------------------------------------------------------- workflow files
 
@@ -680,6 +688,9 @@ def test_gitlab_example() -> None:
     assert apply["resource_group"]
     assert "rrpcsync apply" in str(apply["script"]) and "--auto-approve" in str(apply["script"])
     assert "RRPCSYNC_ACCESS_TOKEN" not in str(doc["variables"])  # a masked CI/CD variable
+    assert "rrpcsync report" in str(apply["script"])
+    assert apply["artifacts"]["paths"] == ["rrpcsync-report.html"]
+    assert apply["artifacts"]["when"] == "always"
 
 
 def test_ci_docs_cover_every_example() -> None:
