@@ -208,8 +208,10 @@ def open_store(spec: str, name: str = "default") -> StateStore:
 
 
 def validate_manifests(paths: Sequence[str] = ()) -> LoadResult:
-    """Load and check manifests; any problem raises ManifestError carrying every diagnostic."""
+    """Load and check manifests; any problem raises ManifestError carrying every diagnostic.
+    Secret values are not needed: an unset `${env:NAME}` is a problem for plan and apply."""
     result = loader.load_manifests(paths or DEFAULT_PATHS)
+    result.diagnostics = [d for d in result.diagnostics if not loader.is_missing_secret(d)]
     if not result.ok:
         raise ManifestError(result.diagnostics, loader.summary_line(result))
     return result
@@ -428,7 +430,9 @@ def is_saved_plan(paths: Sequence[str]) -> bool:
 
 
 def saved_plan_path(paths: Sequence[str]) -> str | None:
-    """The saved plan among `paths`, if any; mixed with other paths it is a usage error."""
+    """The saved plan among `paths`, if any; mixed with other paths it is a usage error.
+    (`!GLOB` entries, the config file's `exclude`, are not paths.)"""
+    paths = [path for path in paths if not path.startswith(loader.EXCLUDE_PREFIX)]
     plans = [path for path in paths if path.endswith(".json")]
     if not plans:
         return None
@@ -1002,6 +1006,138 @@ def _check_push(path: str, pushed: State, current: State) -> None:
             f"{current.serial} (another run wrote it since the pull): pull again, redo the edit; "
             "nothing was pushed"
         )
+
+
+# --------------------------------------------------------------------------- adopt
+
+ADOPT_PROBE = "probe"  # the device's drift probe reported the desired config
+ADOPT_ASSUMED = "assumed"  # the operator vouched for it (`--assume-in-sync`)
+ADOPTABLE = (Action.CREATE, Action.UPDATE, Action.RETRY)
+
+
+@dataclass(frozen=True, slots=True)
+class Adoption:
+    """What `state adopt` records: devices as applied without sending, and those left out."""
+
+    mode: str  # ADOPT_PROBE or ADOPT_ASSUMED
+    adopt: tuple[Change, ...]
+    left_out: tuple[tuple[Change, str], ...] = ()  # and why (drifted, unreachable, no probe)
+    observations: Mapping[str, Any] = field(default_factory=dict)  # key → drift.Observation
+
+
+def adopt_devices(
+    paths: Sequence[str],
+    store: StateStore,
+    *,
+    mode: str,
+    selection: Selection | None = None,
+    connection: Connection | None = None,
+    sending: ApplyOptions | None = None,
+    lock_timeout: float = 0.0,
+    show: Callable[[Adoption], None] = lambda adoption: None,
+    confirm: Callable[[Adoption], None] = lambda adoption: None,
+    progress: ProgressFactory | None = None,
+    say: Say = _quiet,
+) -> Adoption:
+    """`state adopt` (like `terraform import`): record the declared devices the plan would
+    send to as applied, without sending their payload. With ADOPT_PROBE only those whose drift
+    probe reports the desired config; ADOPT_ASSUMED takes the operator's word. Holds the lock;
+    `show` sees the adoption, `confirm` raises to refuse."""
+    if mode not in (ADOPT_PROBE, ADOPT_ASSUMED):
+        raise UsageError(f"adopt mode must be {ADOPT_PROBE} or {ADOPT_ASSUMED}")
+    sender = _Sender(connection or Connection(), sending, progress, say)
+    with store.lock("state adopt", timeout=lock_timeout):
+        planned = plan_manifests(paths, store, selection=selection, say=say)
+        state, plan = planned.state, planned.plan
+        candidates = tuple(c for c in plan.changes if c.action in ADOPTABLE)
+        adoption = Adoption(mode, candidates)
+        if mode == ADOPT_PROBE and candidates:
+            declared = planned.manifests.devices if planned.manifests else ()
+            adoption = _probed_adoption(candidates, declared, sender)
+        show(adoption)
+        if not adoption.adopt:
+            return adoption
+        confirm(adoption)
+        from rrpcsync.state import utc_now
+
+        started = utc_now()
+        for change in adoption.adopt:
+            seen = adoption.observations.get(change.key)
+            state.put(change.key, adopted_record(change, mode, started, seen))
+        store.save(state)
+        store.record_run(_adopt_record(started, state))
+    return adoption
+
+
+def adopted_record(change: Change, mode: str, at: str, seen: Any = None) -> DeviceRecord:
+    """Applied per the state, though nothing was sent: no request, no reply, `adopted` set."""
+    from rrpcsync.model import Status
+
+    return DeviceRecord(
+        Status.APPLIED,
+        payload_sha256=change.payload_sha256_after,
+        payload=change.shown_payload,
+        target_sha256=change.payload_sha256_after,
+        applied_at=at,
+        manifest=change.manifest,
+        observed=seen.observed if seen is not None else None,
+        observed_at=seen.at if seen is not None else None,
+        adopted=mode,
+    )
+
+
+def _probed_adoption(
+    candidates: Sequence[Change], desired: Sequence[DesiredDevice], sender: _Sender
+) -> Adoption:
+    from rrpcsync.manifests import probe as probes
+    from rrpcsync.run import drift
+
+    wanted = {change.key for change in candidates}
+    devices = {d.key: d for d in desired if d.key in wanted}
+    targets = [device for device in devices.values() if device.probe is not None]
+    observations: dict[str, Any] = {}
+    if targets:
+        sender.say(f"Probing {len(targets)} device(s) before adopting them...")
+        report = drift.probe_devices(
+            targets, sender.publisher_factory(), sender.options(), sender.sink()
+        )
+        if report.fatal is not None:
+            raise FatalApiError(fatal_message(report.fatal.code or "Unknown"))
+        sender.say(drift.probe_summary(report))
+        observations = report.observations
+    adopt, left_out = [], []
+    for change in candidates:
+        device, seen = devices[change.key], observations.get(change.key)
+        if device.probe is None:
+            left_out.append((change, "its manifest has no spec.probe to ask it"))
+        elif seen is None or not seen.answered:
+            code = seen.code if seen is not None else "Unknown"
+            left_out.append((change, f"unreachable: the probe got no usable answer ({code})"))
+        elif not probes.compare(device.payload, seen.reported, device.probe.ignore).matches:
+            left_out.append((change, "reports another config than the manifests declare"))
+        else:
+            adopt.append(change)
+    return Adoption(ADOPT_PROBE, tuple(adopt), tuple(left_out), observations)
+
+
+def _adopt_record(started: str, state: State) -> RunRecord:
+    from collections import Counter
+
+    from rrpcsync.state import RunRecord, utc_now
+
+    counts = Counter(record.status.value for record in state.devices.values())
+    return RunRecord(
+        started_at=started,
+        finished_at=utc_now(),
+        command="state adopt",
+        ci_url=_ci_url(os.environ),
+        commit=os.environ.get("GITHUB_SHA") or os.environ.get("CI_COMMIT_SHA"),
+        sent=0,
+        applied=0,
+        failed=0,
+        failed_by_code={},
+        counts=dict(sorted(counts.items())),
+    )
 
 
 # --------------------------------------------------------------------------- messages

@@ -90,6 +90,7 @@ class DeviceRecord(NamedTuple):
     manifest: str | None = None
     observed: str | None = None  # config the device reported to a drift probe (JSON, masked)
     observed_at: str | None = None  # RFC 3339 UTC time of that probe reply
+    adopted: str | None = None  # `state adopt`: "probe" or "assumed"; nothing was acknowledged
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,11 @@ def mask(template: str) -> str:
     return _REFERENCE.sub(lambda m: m[0][1:] if m[1] else MASK, template)
 
 
+def references(template: str) -> list[str]:
+    """The variable names a template references, in order, each once."""
+    return list(dict.fromkeys(m[2] for m in _REFERENCE.finditer(template) if not m[1]))
+
+
 def remember(templates: Iterable[str], env: Mapping[str, str]) -> None:
     """Note the values referenced by `templates` (resolved in worker processes) for redaction."""
     names = {m[2] for template in templates for m in _REFERENCE.finditer(template) if not m[1]}

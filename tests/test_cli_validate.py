@@ -50,9 +50,10 @@ def test_text_format_lists_every_error_with_location(
     result = run(capsys, "validate", str(path))
     assert result.code == 1
     assert result.err_lines[:2] == [
-        f"{path}:6:14: error: $.spec.productId: 'P-1' does not match '^[A-Za-z0-9]{{1,32}}$'",
-        f"{path}:8:17: error: $.spec.devices[1]: 'bad name' does not match "
-        "'^[A-Za-z0-9_:.\\\\-]{1,48}$'",
+        f"{path}:6:14: error: $.spec.productId: 'P-1' is not allowed: product IDs are 1–32 "
+        "letters or digits",
+        f"{path}:8:17: error: $.spec.devices[1]: 'bad name' is not allowed: device names are "
+        "1–48 letters, digits or _ : . -",
     ]
     assert result.err_lines[2] == "2 error(s); 1 file(s), 0 manifest(s), 0 device(s)"
 

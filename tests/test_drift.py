@@ -395,7 +395,7 @@ def test_action_drift_command_runs_rrpcsync_drift(
         ("{ignore: [/a, /b~2]}", "8:24", "'~' must be followed by 0 or 1"),
         ("{ignore: ['']}", "8:20", "would leave nothing to compare"),
         ("{payload: {p: '${env:X}'}}", "8:11", "cannot reference environment variables"),
-        ("{payload: 3}", "8:20", "3 is not of type 'object', 'array', 'string'"),
+        ("{payload: 3}", "8:20", "must be a mapping, a list or a string, not a number (3)"),
         ("{points: /config}", "8:19", "unknown key 'points'"),
     ],
 )

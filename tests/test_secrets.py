@@ -43,16 +43,52 @@ def test_payload_is_resolved_for_sending_and_masked_for_showing(env: Path) -> No
     assert json.loads(one.shown_payload)["params"]["password"] == "(sensitive)"
 
 
-def test_missing_variable_is_an_error_naming_it(
+def test_missing_variable_is_an_error_naming_it_once_at_the_reference(
     capsys: pytest.CaptureFixture[str], env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("WIFI_PASS")
-    result = run(capsys, "validate", "configs")
+    valid = run(capsys, "validate", "configs")  # validate never needs secret values
+    assert valid.code == 0, valid.err
+    assert valid.err_lines[-1] == "valid: 1 file(s), 1 manifest(s), 2 device(s)"
+    for command in ("plan", "apply"):
+        result = run(capsys, command, "configs")
+        assert result.code == 1
+        assert result.err_lines[:2] == [
+            "configs/m.yaml:7:62: error: $.spec.devices[0].payload: environment variable "
+            "WIFI_PASS is not set (referenced as ${env:WIFI_PASS})",
+            "1 error(s); 1 file(s), 1 manifest(s), 2 device(s)",
+        ], command
+
+
+def test_a_changed_secret_plans_as_a_sensitive_change_never_the_value(
+    capsys: pytest.CaptureFixture[str], env: Path, monkeypatch: pytest.MonkeyPatch, emulator: Any
+) -> None:
+    emu = emulator({"auto_devices": True})
+    monkeypatch.setenv("RRPCSYNC_ENDPOINT", emu.url)
+    assert run(capsys, "apply", "configs", "--auto-approve").code == 0
+    monkeypatch.setenv("WIFI_PASS", "another-S3cret-value")
+    planned = run(capsys, "plan", "configs")
+    assert "  ~ 2 devices in m1: params.password: (sensitive value changed)" in planned.out_lines
+    assert "another-S3cret-value" not in planned.out + planned.err
+    assert SECRET not in planned.out + planned.err
+
+
+def test_a_secret_changed_between_plan_and_apply_is_refused_clearly(
+    capsys: pytest.CaptureFixture[str], env: Path, monkeypatch: pytest.MonkeyPatch, emulator: Any
+) -> None:
+    emu = emulator({"auto_devices": True})
+    monkeypatch.setenv("RRPCSYNC_ENDPOINT", emu.url)
+    assert run(capsys, "plan", "configs", "--out", "plan.json").code == 0
+    monkeypatch.setenv("WIFI_PASS", "changed-in-between")
+    result = run(capsys, "apply", "plan.json", "--auto-approve")
     assert result.code == 1
-    assert result.err_lines[0] == (
-        "configs/m.yaml:8:13: error: $.spec.devices[0].payload: environment variable "
-        "WIFI_PASS is not set (referenced as ${env:WIFI_PASS})"
+    assert result.err_lines[-1] == (
+        "error: plan.json: a secret changed since the plan was made: ${env:WIFI_PASS} of P1/d1 "
+        "now has another value than when it was planned; nothing was sent. Make a new plan "
+        "(`rrpcsync plan --out PLAN.json`), or set the value the plan was made with"
     )
+    assert emu.stats()["log"] == []
+    assert "changed-in-between" not in result.out + result.err
 
 
 @pytest.mark.parametrize("fmt", ["text", "json", "markdown"])
@@ -114,5 +150,5 @@ def test_saved_plan_refuses_a_changed_variable(
     monkeypatch.setenv("WIFI_PASS", "changed")
     result = run(capsys, "apply", "plan.json", "--auto-approve", "--endpoint", emu.url)
     assert result.code == 1
-    assert "a referenced variable changed since" in result.err
+    assert "a secret changed since the plan was made: ${env:WIFI_PASS} of P1/d1" in result.err
     assert emu.stats()["requests_total"] == 0

@@ -208,6 +208,17 @@ def test_every_field_survives_exactly(store_factory: StoreFactory) -> None:
     assert (loaded.lineage, loaded.serial) == (LINEAGE, 7)
 
 
+def test_adopted_records_survive_exactly(store_factory: StoreFactory) -> None:
+    """`state adopt`'s records carry `adopted`: kept (in the record's JSON column)."""
+    store = store_factory()
+    adopted = {
+        "P1/a": APPLIED._replace(adopted="assumed", request_id=None),
+        "P1/b": APPLIED._replace(adopted="probe", observed='{"a":1}'),
+    }
+    store.replace(State(store.location, LINEAGE, 3, dict(adopted), exists=True))
+    assert store_factory().load().devices == adopted
+
+
 def test_recorded_results_are_kept_without_a_save(store_factory: StoreFactory) -> None:
     """A killed run: what the recorder committed is there; the next save folds it in."""
     store = store_factory()

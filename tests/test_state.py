@@ -690,6 +690,9 @@ records = st.builds(
     attempts=st.integers(min_value=0),
     last_error=st.none() | st.builds(ErrorInfo, code=st.text(), message=st.text(), at=st.text()),
     manifest=optional_text,
+    observed=optional_text,  # the optional fields, in every combination
+    observed_at=optional_text,
+    adopted=st.none() | st.sampled_from(["probe", "assumed"]),
 )
 name = st.text(min_size=1).filter(lambda text: "/" not in text)
 keys = st.builds(lambda product, device: f"{product}/{device}", name, name)

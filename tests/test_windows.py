@@ -190,14 +190,14 @@ def test_windows_load_into_the_manifest_policy(tmp_path: Path) -> None:
             "unknown timezone 'Asia/Shangai'",
         ),
         ('{start: "02:00", end: "02:00", timezone: UTC}', 9, "end equals start"),
-        ('{start: "2:00", end: "05:00", timezone: UTC}', 9, "does not match"),
-        ('{start: "02:00", end: "24:01", timezone: UTC}', 9, "does not match"),
+        ('{start: "2:00", end: "05:00", timezone: UTC}', 9, "two digits each, 00:00 to 23:59"),
+        ('{start: "02:00", end: "24:01", timezone: UTC}', 9, "two digits each, 00:00 to 24:00"),
         (
             '{days: [monday], start: "02:00", end: "05:00", timezone: UTC}',
             9,
             "'monday' is not one of",
         ),
-        ('{start: "02:00", end: "05:00"}', 9, "'timezone' is a required property"),
+        ('{start: "02:00", end: "05:00"}', 9, "missing key 'timezone'"),
     ],
 )
 def test_window_errors_name_file_and_line(

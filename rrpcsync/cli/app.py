@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
-from typing import NamedTuple, TextIO
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 import click
 
 from rrpcsync import __version__
+
+if TYPE_CHECKING:
+    from rrpcsync.cli.settings_file import ConfigFile
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -18,6 +23,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # module plus a line here; tests/test_cli_lazy.py checks this table against the modules.
 COMMAND_MODULES = {
     "apply": "apply",
+    "completion": "completion",
+    "config": "config",
     "demo": "tools",
     "drift": "plan",
     "emulator": "tools",
@@ -30,9 +37,54 @@ COMMAND_MODULES = {
 }
 
 
-class LazyGroup(click.Group):
+GLOBAL_FLAGS = re.compile(r"^(-v+|--verbose|-q|--quiet|--color=.*|--env=.*)$")
+GLOBAL_WITH_VALUE = ("--color", "--env")
+
+
+def global_options_first(args: Sequence[str]) -> list[str]:
+    """`rrpcsync plan -v --color always` as `rrpcsync -v --color always plan`: the global
+    options are taken from anywhere before `--`."""
+    moved: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            rest += args[index:]
+            break
+        if GLOBAL_FLAGS.match(arg):
+            moved.append(arg)
+        elif arg in GLOBAL_WITH_VALUE and index + 1 < len(args):
+            moved += [arg, args[index + 1]]
+            index += 1
+        else:
+            rest.append(arg)
+        index += 1
+    return moved + rest
+
+
+class FullSummaries(click.Group):
+    """A group whose help lists each command's whole summary."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command's whole summary, wrapped, not cut off at the terminal's width."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class LazyGroup(FullSummaries):
     """A click group whose commands register themselves (`@cli.command`) when their module is
-    imported, which happens the first time click looks the command up."""
+    imported, which happens the first time click looks the command up. Global options are
+    accepted after the command too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, global_options_first(args))
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(self.commands) | set(COMMAND_MODULES))
@@ -47,6 +99,7 @@ class Settings(NamedTuple):  # not a dataclass: `--version` imports neither it n
     verbose: int
     quiet: bool
     color: bool
+    config: ConfigFile | None = None  # rrpcsync.toml, when one was found
 
 
 def settings() -> Settings:
@@ -64,7 +117,8 @@ def use_color(choice: str, stream: TextIO) -> bool:
 
 
 def out(line: str = "") -> None:
-    click.echo(line)
+    # color=True: click would strip the escapes on a pipe; `--color always` asked for them
+    click.echo(line, color=True if settings().color else None)
 
 
 def info(line: str) -> None:
@@ -98,8 +152,15 @@ def examples(*lines: str) -> str:
     show_default=True,
     help="Colour output; auto follows the terminal and NO_COLOR.",
 )
+@click.option(
+    "--env",
+    "env_name",
+    envvar="RRPCSYNC_ENV",
+    metavar="NAME",
+    help="Use the [env.NAME] section of rrpcsync.toml (env RRPCSYNC_ENV).",
+)
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: bool, color: str) -> None:
+def cli(ctx: click.Context, verbose: int, quiet: bool, color: str, env_name: str | None) -> None:
     """Declarative config sync for device fleets on Tencent Cloud IoT Explorer (RRPC).
 
     Manifests (YAML) declare the payload each device must have; `plan` shows what
@@ -107,8 +168,34 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, color: str) -> None:
     """
     import logging
 
-    ctx.obj = Settings(verbose, quiet and not verbose, use_color(color, sys.stdout))
+    config = _project_defaults(ctx, env_name)
+    ctx.obj = Settings(verbose, quiet and not verbose, use_color(color, sys.stdout), config)
     # -v: rrpcsync's own debug log (requests with the token as ***); -vv: libraries' too
     root_level = logging.DEBUG if verbose >= 2 else logging.WARNING
     logging.basicConfig(level=root_level, format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("rrpcsync").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def _project_defaults(ctx: click.Context, env_name: str | None) -> ConfigFile:
+    """rrpcsync.toml as click's default_map of the command about to run, so precedence is
+    click's one rule: flag > env var > config file > default (docs/config.md)."""
+    from pathlib import Path
+
+    from rrpcsync.cli.settings_file import default_map, find_config, load_config
+
+    config = load_config(find_config(Path.cwd()), env_name)
+    name = ctx.invoked_subcommand
+    group = ctx.command
+    if not name or not config.values or not isinstance(group, click.Group):
+        return config
+    command = group.get_command(ctx, name)
+    if command is not None:
+        ctx.default_map = {name: default_map(config, command)}
+    return config
+
+
+def all_commands(ctx: click.Context) -> list[Any]:
+    """Every command, its module imported (`rrpcsync config` looks at every option)."""
+    group = ctx.find_root().command
+    assert isinstance(group, click.Group)
+    return [group.get_command(ctx, name) for name in group.list_commands(ctx)]

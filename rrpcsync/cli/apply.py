@@ -27,9 +27,10 @@ from rrpcsync.cli.options import (
     format_option,
     ignore_windows_option,
     lock_timeout_option,
+    manifest_paths,
     max_sends_option,
     only_failed_option,
-    paths_argument,
+    paths_with_excludes,
     prune_option,
     refresh_options,
     rollout_options,
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
         "rrpcsync apply --ignore-windows --auto-approve   # emergency: outside the windows too",
     )
 )
-@paths_argument
+@manifest_paths
 @state_option
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @max_sends_option
@@ -87,7 +88,7 @@ def apply(paths: tuple[str, ...], state_path: str, auto_approve: bool, **options
     rollout = rollout_flags(options)
     try:
         applied = api.apply_manifests(
-            paths,
+            paths_with_excludes(paths, options["exclude_files"]),
             store_from(state_path),
             selection=selection_from(options["targets"], options["excludes"], options["selectors"]),
             prune=options["prune"],
@@ -128,19 +129,20 @@ def show_plan(
         the_plan, color=color, prune=the_plan.prune, grouped=detail != "full", rollout=flags
     )
     for line in lines:
-        click.echo(line, err=to_stderr)
+        click.echo(line, err=to_stderr, color=True if color else None)
 
 
-def confirm_or_refuse(auto_approve: bool) -> None:
+def confirm_or_refuse(auto_approve: bool, what: str = "apply these changes") -> None:
     if auto_approve:
         return
+    verb = what.split()[0]
     if not sys.stdin.isatty():
         raise UsageError(
-            "refusing to apply without confirmation: stdin is not a terminal; "
+            f"refusing to {verb} without confirmation: stdin is not a terminal; "
             "review the plan and pass --auto-approve"
         )
-    if not click.confirm("Apply these changes?", default=False, err=True):
-        raise UsageError("apply cancelled; nothing was sent")
+    if not click.confirm(f"{what[0].upper()}{what[1:]}?", default=False, err=True):
+        raise UsageError(f"{verb} cancelled; nothing was sent")
 
 
 def apply_exit_code(report: ApplyReport, fatal: str | None) -> ExitCode:

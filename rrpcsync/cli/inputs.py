@@ -16,8 +16,7 @@ from rrpcsync.planning.selection import Selection
 from rrpcsync.state import StateStore
 
 if TYPE_CHECKING:
-    from rrpcsync.run.executor import ApplyOptions
-    from rrpcsync.run.progress import Progress
+    from rrpcsync.run.executor import ApplyOptions, ProgressSink
 
 
 def store_from(state_path: str) -> StateStore:
@@ -80,7 +79,11 @@ def rollout_flags(options: dict[str, Any]) -> RolloutSpec:
     )
 
 
-def progress_bar() -> Progress:
+def progress_bar() -> ProgressSink:
+    """A live line on a terminal, a line every 10 s elsewhere; nothing with `-q`."""
+    from rrpcsync.run.executor import NoProgress
     from rrpcsync.run.progress import Progress
 
-    return Progress(sys.stderr, live=sys.stderr.isatty() and not settings().quiet)
+    if settings().quiet:
+        return NoProgress()
+    return Progress(sys.stderr, live=sys.stderr.isatty())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -41,6 +41,22 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> float | str
 
 
 paths_argument = click.argument("paths", nargs=-1, type=click.Path())
+
+exclude_files_option = click.option(
+    "--exclude-files",
+    "exclude_files",
+    multiple=True,
+    metavar="GLOB",
+    help="Skip YAML files in the folders that match this glob, e.g. 'k8s/*' (repeatable; "
+    "rrpcsync.toml `exclude`).",
+)
+manifest_paths = _stack(paths_argument, exclude_files_option)
+
+
+def paths_with_excludes(paths: Sequence[str], exclude_files: Sequence[str]) -> tuple[str, ...]:
+    """PATHS (default configs/) and `!GLOB` entries the loader leaves out of folder walks."""
+    return (*(paths or DEFAULT_PATHS), *(f"!{glob}" for glob in exclude_files))
+
 
 STATE_NAME_KEY = "rrpcsync.state_name"
 

@@ -24,8 +24,9 @@ from rrpcsync.cli.options import (
     explain_option,
     format_option,
     ignore_windows_option,
+    manifest_paths,
     only_failed_option,
-    paths_argument,
+    paths_with_excludes,
     plan_output_options,
     prune_option,
     refresh_options,
@@ -53,7 +54,7 @@ from rrpcsync.planning.selection import Selection
         "rrpcsync plan --explain ASBHKN/dev-002   # which layer set each payload value",
     )
 )
-@paths_argument
+@manifest_paths
 @state_option
 @format_option("text", "json", "markdown")
 @plan_output_options
@@ -120,7 +121,7 @@ def show_explanation(planned: api.Planned, key: str) -> None:
         "rrpcsync drift configs/ --resync-after 7d --out-markdown drift.md",
     )
 )
-@paths_argument
+@manifest_paths
 @state_option
 @format_option("text", "json", "markdown")
 @plan_output_options
@@ -170,7 +171,7 @@ def plan_and_show(
     """The plan of `plan` and `drift`; invalid manifests print the validate output, exit 1."""
     try:
         planned = api.plan_manifests(
-            paths,
+            paths_with_excludes(paths, options.get("exclude_files", ())),
             store_from(state_path),
             selection=selection,
             prune=prune,

@@ -6,37 +6,54 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
 from rrpcsync import api
-from rrpcsync.cli.app import cli, examples, info, out
-from rrpcsync.cli.inputs import store_from
+from rrpcsync.cli.app import FullSummaries, cli, examples, info, out
+from rrpcsync.cli.apply import confirm_or_refuse
+from rrpcsync.cli.inputs import (
+    connection_from,
+    progress_bar,
+    selection_from,
+    sending_options,
+    store_from,
+)
 from rrpcsync.cli.options import (
+    client_options,
     format_option,
     lock_timeout_option,
-    paths_argument,
+    manifest_paths,
+    paths_with_excludes,
     selection_options,
     state_option,
     yes_option,
 )
-from rrpcsync.errors import StateError, UsageError
-from rrpcsync.model import DeviceRecord, Status
+from rrpcsync.cli.validate import report_diagnostics
+from rrpcsync.errors import ExitCode, ManifestError, StateError, UsageError
+from rrpcsync.model import Change, DeviceRecord, Status
+from rrpcsync.planning.render import by_manifest
 from rrpcsync.planning.selection import RecordFilter, Selection
 from rrpcsync.state import State
 from rrpcsync.state.jsonfile import record_to_dict
 
 SHOWN_KEYS = 5  # keys named when a command works on many
+ADOPTED = {
+    "probe": "its probe reported the desired config; never acknowledged a send",
+    "assumed": "assumed in sync, never acknowledged",
+}
 
 
 @cli.group(
+    cls=FullSummaries,
     epilog=examples(
         "rrpcsync state list --status failed",
         "rrpcsync state show ASBHKN/dev-001",
         "rrpcsync state rm 'ASBHKN/dev-00*' --yes   # the next apply re-sends them",
         "rrpcsync state mv 'OLDPROD/*' 'NEWPROD/*'  # a renamed product plans as unchanged",
         "rrpcsync state unlock",
-    )
+    ),
 )
 def state() -> None:
     """Inspect, edit and move the state (any store): list, show, forget, rename, adopt, unlock,
@@ -53,7 +70,7 @@ def state() -> None:
         "rrpcsync state list --format json | jq .",
     ),
 )
-@paths_argument
+@manifest_paths
 @state_option
 @format_option("text", "json")
 @click.option(
@@ -80,6 +97,7 @@ def state() -> None:
 @selection_options
 def state_list(
     paths: tuple[str, ...],
+    exclude_files: tuple[str, ...],
     state_path: str,
     output_format: str,
     statuses: tuple[str, ...],
@@ -96,7 +114,9 @@ def state_list(
     """
     selection = Selection.from_options(targets, excludes, selectors)
     record_filter = RecordFilter(frozenset(statuses), manifests, error_codes, selection)
-    loaded, chosen = api.list_records(store_from(state_path), record_filter, paths)
+    loaded, chosen = api.list_records(
+        store_from(state_path), record_filter, paths_with_excludes(paths, exclude_files)
+    )
     check_exists(loaded)
     counts = Counter(record.status.value for _, record in chosen)
     if output_format == "json":
@@ -185,6 +205,7 @@ def record_lines(key: str, rec: DeviceRecord) -> list[str]:
         ("payload sha256", rec.payload_sha256),
         ("last error", f"{error.code}: {error.message} ({error.at})" if error else None),
         ("observed at", rec.observed_at),
+        ("adopted", ADOPTED.get(rec.adopted or "", rec.adopted)),
     ]
     lines = [key, *(f"  {name + ':':<16}{value}" for name, value in fields if value is not None)]
     for title, text in (("payload", rec.payload), ("observed", rec.observed)):
@@ -267,6 +288,98 @@ def state_mv(old: str, new: str, state_path: str, lock_timeout: float) -> None:
     first = next(iter(moves.items()))
     more = f" and {len(moves) - 1} more" if len(moves) > 1 else ""
     info(f"renamed {first[0]} → {first[1]}{more} in {store.location}; nothing was sent")
+
+
+@state.command(
+    "adopt",
+    epilog=examples(
+        "rrpcsync state adopt configs/ --probe            # adopt what the devices confirm",
+        "rrpcsync state adopt --assume-in-sync --target 'ASBHKN/*' --auto-approve",
+    ),
+)
+@manifest_paths
+@state_option
+@click.option(
+    "--probe",
+    "mode",
+    flag_value=api.ADOPT_PROBE,
+    help="Adopt only devices whose drift probe (spec.probe) reports the desired config.",
+)
+@click.option(
+    "--assume-in-sync",
+    "mode",
+    flag_value=api.ADOPT_ASSUMED,
+    help="Adopt every selected device on your word; the record notes it was not acknowledged.",
+)
+@click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
+@selection_options
+@lock_timeout_option
+@client_options
+def state_adopt(
+    paths: tuple[str, ...],
+    exclude_files: tuple[str, ...],
+    state_path: str,
+    mode: str | None,
+    auto_approve: bool,
+    targets: tuple[str, ...],
+    excludes: tuple[str, ...],
+    selectors: tuple[str, ...],
+    lock_timeout: float,
+    **options: Any,
+) -> None:
+    """Record declared devices as applied without sending their payload (terraform import).
+
+    For a fleet that already holds its config: the devices apply would send to are recorded
+    as applied, so the next plan leaves them unchanged. Needs --probe or --assume-in-sync;
+    shows what it will adopt and asks like apply (--auto-approve without a terminal).
+    """
+    if mode is None:
+        raise UsageError("state adopt needs --probe or --assume-in-sync")
+    try:
+        adoption = api.adopt_devices(
+            paths_with_excludes(paths, exclude_files),
+            store_from(state_path),
+            mode=mode,
+            selection=selection_from(targets, excludes, selectors),
+            connection=connection_from(options),
+            sending=sending_options(options),
+            lock_timeout=lock_timeout,
+            show=show_adoption,
+            confirm=lambda _adoption: confirm_or_refuse(auto_approve, "adopt these devices"),
+            progress=progress_bar,
+            say=info,
+        )
+    except ManifestError as error:
+        report_diagnostics(error, "text")
+        raise SystemExit(ExitCode.ERROR) from None
+    if adoption.adopt:
+        how = "as their probes confirmed" if mode == api.ADOPT_PROBE else "on your word"
+        info(f"adopted {len(adoption.adopt)} device(s) into {state_path} {how}; nothing was sent")
+
+
+def show_adoption(adoption: api.Adoption) -> None:
+    if not adoption.adopt and not adoption.left_out:
+        out("Nothing to adopt: every selected device is already recorded as applied.")
+        return
+    for manifest, changes in by_manifest(adoption.adopt).items():
+        out(f"{manifest}:")
+        out(f"  = {len(changes):,} device(s) recorded as applied, nothing sent")
+        for line in _keys(changes):
+            out(f"      {line}")
+    if adoption.left_out:
+        out(f"Not adopted ({len(adoption.left_out):,}): apply sends them their payload")
+        for change, reason in adoption.left_out:
+            out(f"  {change.key}  ({change.source}): {reason}")
+    out("")
+    note = "" if adoption.mode == api.ADOPT_PROBE else " (assumed in sync, not acknowledged)"
+    out(f"Adopt: {len(adoption.adopt):,} device(s){note}, {len(adoption.left_out):,} left out.")
+
+
+def _keys(changes: Sequence[Change]) -> list[str]:
+    lines = [f"{c.key}  ({c.source})" for c in changes[:SHOWN_KEYS]]
+    if len(changes) > SHOWN_KEYS:
+        lines.append(f"… and {len(changes) - SHOWN_KEYS:,} more")
+    return lines
 
 
 @state.command("unlock", epilog=examples("rrpcsync state unlock", "rrpcsync state unlock --force"))

@@ -22,11 +22,18 @@ from rrpcsync.errors import UsageError
     "--fleet", type=click.Path(exists=True, dir_okay=False), help="Fleet file (YAML) of devices."
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port to listen on (0: any free port, printed when ready).",
+)
 def emulator(fleet: str | None, host: str, port: int) -> None:
     """Run the local stand-in for the cloud API (AppPublishRRPCMessage) until Ctrl-C.
 
     Without --fleet every device exists and answers {"code":0}; the token is emulator-token.
+    Logs one line per request on stderr (the token as ***); -q keeps it quiet.
     A fleet's `login:` section enables AppGetToken on paths ending in appapi (docs/auth.md).
     """
     from rrpcsync.emulator import EmulatorError, load_fleet, main_blocking
@@ -34,7 +41,11 @@ def emulator(fleet: str | None, host: str, port: int) -> None:
     try:
         loaded = load_fleet(fleet) if fleet else load_fleet({"auto_devices": True})
         main_blocking(
-            loaded, host, port, on_ready=lambda url: _ready(url, loaded.login is not None)
+            loaded,
+            host,
+            port,
+            on_ready=lambda url: _ready(url, loaded.login is not None),
+            on_request=info,
         )
     except EmulatorError as exc:  # bad fleet file, busy port, non-loopback host
         raise UsageError(str(exc)) from None

@@ -9,7 +9,7 @@ import click
 
 from rrpcsync import api
 from rrpcsync.cli.app import cli, examples, info, out
-from rrpcsync.cli.options import format_option, paths_argument
+from rrpcsync.cli.options import format_option, manifest_paths, paths_with_excludes
 from rrpcsync.errors import Diagnostic, ExitCode, ManifestError
 from rrpcsync.manifests import loader
 from rrpcsync.planning import render
@@ -35,15 +35,15 @@ def report_diagnostics(error: ManifestError, output_format: str) -> None:
         "rrpcsync validate --format github      # annotations in GitHub Actions",
     )
 )
-@paths_argument
+@manifest_paths
 @format_option("text", "json", "github")
-def validate(paths: tuple[str, ...], output_format: str) -> None:
+def validate(paths: tuple[str, ...], exclude_files: tuple[str, ...], output_format: str) -> None:
     """Check manifests against the schema and the rules beyond it; report every error.
 
     Exit 0 when every file is valid, 1 otherwise.
     """
     try:
-        result = api.validate_manifests(paths)
+        result = api.validate_manifests(paths_with_excludes(paths, exclude_files))
     except ManifestError as error:
         report_diagnostics(error, output_format)
         raise SystemExit(ExitCode.ERROR) from None

@@ -15,6 +15,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -41,15 +42,54 @@ LOGIN_PATH = (
 # --------------------------------------------------------------------------- the aiohttp app
 
 
+def request_line(body: bytes, status: int, answer: bytes, elapsed: float) -> str:
+    """One access-log line: action, device, outcome, time. Never a token or a password (the
+    AccessToken is shown as ***), never the payload."""
+    try:
+        request = json.loads(body)
+    except ValueError:
+        request = None
+    fields = request if isinstance(request, dict) else {}
+    action = str(fields.get("Action") or "?")
+    device = f"{fields.get('ProductId') or '-'}/{fields.get('DeviceName') or '-'}"
+    who = "" if action == "AppGetToken" else " AccessToken=***" if "AccessToken" in fields else ""
+    code = _answer_code(answer)
+    what = device if fields.get("ProductId") else "-"
+    return f"{action} {what}{who} -> {status} {code} {elapsed * 1000:.0f}ms"
+
+
+def _answer_code(answer: bytes) -> str:
+    try:
+        doc = json.loads(answer)
+    except ValueError:
+        return "(not JSON)"
+    response = doc.get("Response", doc) if isinstance(doc, dict) else {}
+    error = response.get("Error") if isinstance(response, dict) else None
+    code = error.get("Code") if isinstance(error, dict) else None
+    return str(code) if code else "OK"
+
+
 class _Handlers:
-    def __init__(self, core: EmulatorCore) -> None:
+    def __init__(self, core: EmulatorCore, on_request: OnReady | None = None) -> None:
         self.core = core
+        self.on_request = on_request
 
     async def publish(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        body = await request.read()
+        response = await self._publish(request, body)
+        if self.on_request is not None:
+            body_sent = response.body if isinstance(response, web.Response) else None
+            answer = body_sent if isinstance(body_sent, bytes) else b""
+            line = request_line(body, response.status, answer, time.monotonic() - started)
+            self.on_request(line)
+        return response
+
+    async def _publish(self, request: web.Request, body: bytes) -> web.StreamResponse:
         if is_app_api(request.path):
-            answer = self.core.respond_login(await request.read())
+            answer = self.core.respond_login(body)
             return web.Response(body=answer.body, content_type=answer.content_type)
-        answer = await self.core.respond(await request.read())
+        answer = await self.core.respond(body)
         if answer.delay > 0:
             await asyncio.sleep(answer.delay)
         if answer.action == RESET:
@@ -157,9 +197,10 @@ def memory_args(key: Any, payload: Any) -> tuple[str, str | None]:
     raise FleetError("<request>: payload must be a string, a mapping, a list or null")
 
 
-def build_app(core: EmulatorCore) -> web.Application:
-    """Control endpoints under /_emulator/, and the API on POST to any other path."""
-    handlers = _Handlers(core)
+def build_app(core: EmulatorCore, on_request: OnReady | None = None) -> web.Application:
+    """Control endpoints under /_emulator/, and the API on POST to any other path;
+    `on_request` gets one line per API request (`request_line`)."""
+    handlers = _Handlers(core, on_request)
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app.router.add_get("/_emulator/stats", handlers.stats)
     app.router.add_get("/_emulator/config", handlers.get_config)
@@ -212,11 +253,15 @@ async def _serve_socket(
     sock: socket.socket,
     on_ready: OnReady | None = None,
     stop: asyncio.Event | None = None,
+    on_request: OnReady | None = None,
 ) -> None:
     """Serve on `sock` until `stop` is set (or forever, until cancelled)."""
     url = url_of(sock)
     runner = web.AppRunner(
-        build_app(core), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
+        build_app(core, on_request),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
     await runner.setup()
     try:
@@ -252,15 +297,17 @@ def main_blocking(
     on_ready: OnReady | None = None,
     *,
     allow_remote: bool = False,
+    on_request: OnReady | None = None,
 ) -> None:
-    """Serve in the foreground until SIGINT/SIGTERM; call `on_ready(url)` once listening.
+    """Serve in the foreground until SIGINT/SIGTERM; call `on_ready(url)` once listening and
+    `on_request(line)` for every API request.
 
     Raises FleetError for a bad fleet and EmulatorError when it cannot listen.
     """
     core = EmulatorCore(load_fleet(fleet))
     sock = bind(host, port, allow_remote)
     try:
-        asyncio.run(_serve_until_signal(core, sock, on_ready))
+        asyncio.run(_serve_until_signal(core, sock, on_ready, on_request))
     except KeyboardInterrupt:
         pass
     finally:
@@ -275,14 +322,17 @@ def run_forever(
 
 
 async def _serve_until_signal(
-    core: EmulatorCore, sock: socket.socket, on_ready: OnReady | None
+    core: EmulatorCore,
+    sock: socket.socket,
+    on_ready: OnReady | None,
+    on_request: OnReady | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
-    await _serve_socket(core, sock, on_ready, stop)
+    await _serve_socket(core, sock, on_ready, stop, on_request)
 
 
 # --------------------------------------------------------------------------- background

@@ -8,6 +8,7 @@ parse). A compiled validator checks the happy path; jsonschema explains the fail
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import gc
 import hashlib
 import json
@@ -25,7 +26,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from rrpcsync import secrets
 from rrpcsync.errors import Diagnostic, ManifestError
 from rrpcsync.jsontext import canonical_payload
-from rrpcsync.manifests import inventory
+from rrpcsync.manifests import inventory, messages
 from rrpcsync.manifests import probe as probes
 from rrpcsync.manifests.expect import ManifestExpectations, check_echo_payload, parse_expectation
 from rrpcsync.manifests.files import input_file_problem, read_manifest_file
@@ -75,28 +76,38 @@ class _ManifestLoader(_BaseLoader):  # type: ignore[valid-type,misc]
         # pairs in a new list; a key given both ways is legal there, not a duplicate.
         merged = node.value is not pairs or len(node.value) != pairs_before
         if len(mapping) != pairs_before and not merged:
-            _raise_duplicate_key(node)
+            # reported with the document's other problems (one pass), not raised
+            self.duplicates.append(_duplicate_key(node))
         return mapping
 
+    @property
+    def duplicates(self) -> list[tuple[int, int, str]]:
+        found: list[tuple[int, int, str]] | None = self.__dict__.get("_duplicates")
+        if found is None:
+            found = self.__dict__["_duplicates"] = []
+        return found
 
-def _raise_duplicate_key(node: MappingNode) -> None:
-    seen: set[Any] = set()
+
+def _duplicate_key(node: MappingNode) -> tuple[int, int, str]:
+    """(line, column, message) of a mapping's first repeated key."""
+    seen: dict[Any, Node] = {}
     for key_node, _ in node.value:
         key = key_node.value if isinstance(key_node, ScalarNode) else id(key_node)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                f"found duplicate key {key!r}",
-                key_node.start_mark,
+            first = seen[key].start_mark.line + 1
+            mark = key_node.start_mark
+            return (
+                mark.line + 1,
+                mark.column + 1,
+                (f"duplicate key '{key}' (first at line {first}); a mapping holds each key once"),
             )
-        seen.add(key)
+        seen[key] = key_node
     # Different text, same value: 1, 0x1, 1.0 and true are one Python key (the last would win).
-    raise yaml.constructor.ConstructorError(
-        "while constructing a mapping",
-        node.start_mark,
-        "found keys that are the same value (such as 1, 1.0 and true); quote them",
-        node.start_mark,
+    mark = node.start_mark
+    return (
+        mark.line + 1,
+        mark.column + 1,
+        ("keys that are the same value (such as 1, 1.0 and true); quote them"),
     )
 
 
@@ -222,6 +233,9 @@ class LoadResult:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     files: int = 0
     warnings: list[Diagnostic] = field(default_factory=list)  # e.g. an override matching nothing
+    # (name, file, line) of every document's metadata.name, valid or not: duplicate names are
+    # reported with the schema errors, in one pass
+    names: list[tuple[str, str, int]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -233,19 +247,30 @@ class LoadResult:
         self.diagnostics.extend(other.diagnostics)
         self.files += other.files
         self.warnings.extend(other.warnings)
+        self.names.extend(other.names)
 
 
 # --------------------------------------------------------------------------- discovery
 
 
+EXCLUDE_PREFIX = "!"  # a paths entry `!GLOB` leaves matching files out of folder walks
+
+
 def discover(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[Diagnostic]]:
-    """Manifest files under `paths`, sorted and de-duplicated; missing paths are diagnostics."""
+    """Manifest files under `paths`, sorted and de-duplicated; missing paths are diagnostics.
+
+    An entry `!GLOB` (the config file's `exclude`) leaves out the files found in folders whose
+    path, or any trailing part of it, matches GLOB (`k8s/*`, `*.ci.yml`); a file named
+    explicitly is always read."""
+    excludes = [str(p)[1:] for p in paths if str(p).startswith(EXCLUDE_PREFIX)]
     files: list[Path] = []
     problems: list[Diagnostic] = []
     for raw in paths:
+        if str(raw).startswith(EXCLUDE_PREFIX):
+            continue
         path = Path(raw)
         if path.is_dir():
-            found = sorted(_walk(path))
+            found = sorted(f for f in _walk(path) if not _excluded(f, excludes))
             if not found:
                 problems.append(_path_problem(path, "folder holds no *.yaml or *.yml manifests"))
             files.extend(found)
@@ -256,6 +281,12 @@ def discover(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[
         else:
             problems.append(_path_problem(path, "no such file or folder"))
     return list(dict.fromkeys(files)), problems
+
+
+def _excluded(path: Path, globs: Sequence[str]) -> bool:
+    parts = path.as_posix().split("/")
+    tails = ["/".join(parts[i:]) for i in range(len(parts))]
+    return any(fnmatch.fnmatchcase(tail, glob) for glob in globs for tail in tails)
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -365,6 +396,8 @@ def load_file(path: Path) -> LoadResult:
         return result
     for document, root in _documents(name, text, result.diagnostics):
         _load_document(name, document, root, result)
+    if secrets.MARKER in text:
+        _missing_secrets_once(name, text, result.diagnostics)
     return result
 
 
@@ -433,21 +466,30 @@ def _documents(file: str, text: str, problems: list[Diagnostic]) -> Iterator[tup
                     problems.append(problem)
                     continue
             document = loader.construct_document(root)
+            for line, column, message in loader.duplicates:
+                problems.append(Diagnostic(file, line, column, "$", f"YAML: {message}"))
+            loader.duplicates.clear()
             if document is not None:
                 yield document, root
     except yaml.MarkedYAMLError as exc:
-        problems.append(_yaml_problem(file, exc))
+        problems.append(_yaml_problem(file, exc, text))
     except yaml.YAMLError as exc:  # errors without a mark
         problems.append(Diagnostic(file, 1, 1, "$", f"YAML error: {exc}"))
     finally:
         loader.dispose()
 
 
-def _yaml_problem(file: str, exc: yaml.MarkedYAMLError) -> Diagnostic:
+def _yaml_problem(file: str, exc: yaml.MarkedYAMLError, text: str = "") -> Diagnostic:
     mark = exc.problem_mark or exc.context_mark
     line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-    parts = [p for p in (exc.context, exc.problem) if p]
-    message = "; ".join(parts) or "YAML syntax error"
+    opened = exc.context_mark
+    message = messages.yaml_syntax(
+        text.splitlines(),
+        exc.context,
+        (opened.line + 1, opened.column + 1) if opened else None,
+        exc.problem,
+        (line, column),
+    )
     if "could not determine a constructor" in message:
         message = f"{message} (only plain YAML is allowed: no custom or Python tags)"
     return Diagnostic(file, line, column, "$", f"YAML: {message}")
@@ -502,6 +544,7 @@ def _mark(node: Node) -> tuple[int, int]:
 
 
 def _load_document(file: str, document: Any, root: Node, result: LoadResult) -> None:
+    _note_name(file, document, root, result)
     if not _is_valid_fast(document):
         result.diagnostics.extend(schema_problems(file, document, root))
         return
@@ -533,10 +576,12 @@ def _load_document(file: str, document: Any, root: Node, result: LoadResult) -> 
             base = layers.base(matched)
             payload = base if own_payload is None else merge(base, own_payload)
             path = (*entry[8], entry[9])
-            made = _payload_text(
-                where, line, column, path, payload, result.diagnostics, layers.sources(matched)
-            )
+            sources = layers.sources(matched)
+            made = _payload_text(where, line, column, path, payload, result.diagnostics, sources)
             if made is None:
+                last = result.diagnostics[-1]
+                if where == file and not sources and last.message.startswith(_TOO_BIG):
+                    result.diagnostics[-1] = _too_big_at(last, root, path, own_payload, base)
                 continue
             (text, template), digest = made, sha256_text(made[0])
             if own_payload is None:
@@ -729,6 +774,13 @@ def _yaml_inventory_entries(
     yield from _list_entries(path, items, root, (), labels, expect_of, report)
 
 
+def _note_name(file: str, document: Any, root: Node, result: LoadResult) -> None:
+    metadata = document.get("metadata") if isinstance(document, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if isinstance(name, str):
+        result.names.append((name, file, _mark(root)[0]))
+
+
 def _reporter(file: str, root: Node, problems: list[Diagnostic]) -> Callable[..., None]:
     """`report(path, message)`: a diagnostic at the node of a path inside this document."""
 
@@ -774,11 +826,11 @@ def _payload_text(
             text = secrets.resolve(template, not isinstance(payload, str), os.environ)
         except secrets.MissingVariable as missing:
             message = (
-                f"environment variable {missing.name} is not set "
-                f"(referenced as ${{env:{missing.name}}})"
+                f"{MISSING_SECRET}{missing.name} is not set (referenced as ${{env:{missing.name}}})"
             )
             problems.append(Diagnostic(file, line, column, path + ".payload", message))
-            return None
+            # the rest is checked as if it were set: `validate` needs no secret value
+            text = secrets.mask(template)
     size = len(text.encode("utf-8"))
     if size > MAX_PAYLOAD_BYTES:
         message = (
@@ -787,6 +839,63 @@ def _payload_text(
         problems.append(Diagnostic(file, line, column, path + ".payload", message))
         return None
     return text, template
+
+
+_TOO_BIG = "payload is "
+MISSING_SECRET = "environment variable "  # a `${env:NAME}` whose variable is not set
+
+
+def is_missing_secret(diag: Diagnostic) -> bool:
+    return diag.message.startswith(MISSING_SECRET) and "(referenced as ${env:" in diag.message
+
+
+def _missing_secrets_once(file: str, text: str, problems: list[Diagnostic]) -> None:
+    """Each missing variable once, at the line of its first `${env:NAME}` in the file."""
+    seen: set[str] = set()
+    kept: list[Diagnostic] = []
+    for diag in problems:
+        if not is_missing_secret(diag):
+            kept.append(diag)
+            continue
+        name = diag.message[len(MISSING_SECRET) :].split(" ", 1)[0]
+        if name in seen:
+            continue
+        seen.add(name)
+        at = text.find("${env:" + name + "}")
+        while at > 0 and text[at - 1] == "$":  # `$${env:X}` is literal text
+            at = text.find("${env:" + name + "}", at + 1)
+        if at < 0:
+            kept.append(diag)
+            continue
+        line = text.count("\n", 0, at) + 1
+        column = at - (text.rfind("\n", 0, at) + 1) + 1
+        kept.append(Diagnostic(file, line, column, diag.path, diag.message))
+    problems[:] = kept
+
+
+def _too_big_at(
+    problem: Diagnostic, root: Node, device: tuple[Any, ...], override: Any, default_payload: Any
+) -> Diagnostic:
+    """A payload over the limit, pointed at what makes it too big: `spec.payload` when the
+    device only inherits it (or it is too big alone), else the device's own `payload`."""
+    if override is not None and not _over_limit(default_payload):
+        where: tuple[Any, ...] = (*device, "payload")
+        extra = " (this device's payload, merged over spec.payload)"
+    else:
+        where = ("spec", "payload")
+        extra = " (spec.payload, shared by the manifest's devices)"
+    node = _lookup(root, where, at_key=True)
+    if node is None:
+        return problem
+    line, column = _mark(node)
+    return Diagnostic(problem.file, line, column, _json_path(where), problem.message + extra)
+
+
+def _over_limit(payload: Any) -> bool:
+    try:
+        return len(canonical_payload(payload).encode("utf-8")) > MAX_PAYLOAD_BYTES
+    except (TypeError, ValueError, RecursionError):
+        return False
 
 
 def _json_reason(exc: BaseException) -> str:
@@ -820,17 +929,39 @@ def _explain(error: Any) -> Iterator[tuple[tuple[Any, ...], str]]:
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = sorted(error.schema.get("properties", {}))
         for key in sorted(set(error.instance) - set(allowed), key=str):
-            yield (*path, key), f"unknown key {key!r} (allowed: {', '.join(allowed)})"
+            yield (*path, key), messages.unknown_key(key, allowed)
     elif error.validator == "anyOf" and error.context:
         yield from _explain_any_of(error, path)
     elif error.validator == "const":
-        yield path, f"must be {error.validator_value!r}, not {error.instance!r}"
+        yield (
+            path,
+            f"must be {messages.value_text(error.validator_value)}, not "
+            + (messages.value_text(error.instance)),
+        )
+    elif error.validator == "type":
+        yield path, messages.wrong_type(error.validator_value, error.instance)
+    elif error.validator == "pattern":
+        described = str(error.schema.get("description", ""))
+        yield path, messages.no_match(error.validator_value, error.instance, described)
+    elif error.validator == "required":
+        yield path, f"missing key '{_missing_key(error)}'"
     elif error.validator == "minItems" and error.instance == [] and path == ("spec", "devices"):
         yield path, "must list at least one device"
     elif error.validator == "propertyNames":
-        yield (*path, error.instance), f"invalid label key {error.instance!r}"
+        pattern = error.schema.get("propertyNames", {}).get("pattern", "")
+        words = messages.PATTERN_WORDS.get(pattern, "")
+        why = f": {words}" if words else ""
+        yield (
+            (*path, error.instance),
+            f"invalid label key {messages.value_text(error.instance)}{why}",
+        )
     else:
-        yield path, error.message
+        yield path, messages.plain(error.message)
+
+
+def _missing_key(error: Any) -> str:
+    found = re.match(r"^'([^']*)' is a required property", error.message)
+    return found[1] if found else str(error.validator_value)
 
 
 def _explain_any_of(error: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:
@@ -844,7 +975,8 @@ def _explain_any_of(error: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[A
     if not fits and path[:2] == ("spec", "devices") and len(path) == 3:
         yield path, "a device must be a name or a mapping with `name` (and `labels`, `payload`)"
     elif not fits:
-        yield path, f"{error.instance!r} is not allowed here: {error.schema.get('description', '')}"
+        described = error.schema.get("description", "")
+        yield path, f"{messages.value_text(error.instance)} is not allowed here: {described}"
     for sub in fits:
         if sub.schema_path[0] == fits[0].schema_path[0]:
             yield from _explain(sub)
@@ -899,15 +1031,12 @@ def _points_at_key(value_node: Node) -> bool:
 def cross_file_problems(result: LoadResult) -> list[Diagnostic]:
     """Duplicate manifest names and devices, each naming both places."""
     problems: list[Diagnostic] = []
-    first_manifest: dict[str, ManifestInfo] = {}
-    for info in result.manifests:
-        earlier = first_manifest.setdefault(info.name, info)
-        if earlier is not info:
-            message = (
-                f"duplicate manifest name {info.name!r}: "
-                f"also defined at {earlier.file}:{earlier.line}"
-            )
-            problems.append(Diagnostic(info.file, info.line, 1, "$.metadata.name", message))
+    first_manifest: dict[str, tuple[str, int]] = {}
+    for name, file, line in result.names:
+        earlier = first_manifest.setdefault(name, (file, line))
+        if earlier != (file, line):
+            message = f"duplicate manifest name '{name}': also defined at {earlier[0]}:{earlier[1]}"
+            problems.append(Diagnostic(file, line, 1, "$.metadata.name", message))
     first_device: dict[str, DesiredDevice] = {}
     for device in result.devices:
         earlier_device = first_device.setdefault(device.key, device)

@@ -107,6 +107,13 @@ def plan_from_document(doc: Any, source: str, env: Mapping[str, str] | None = No
             str(name): policy_from_document(item)
             for name, item in (doc.get("manifests") or {}).items()
         }
+    except SecretChanged as changed:
+        names = ", ".join(f"${{env:{name}}}" for name in changed.names) or "a secret"
+        raise PlanFileError(
+            f"{source}: a secret changed since the plan was made: {names} of {changed.key} "
+            "now has another value than when it was planned; nothing was sent. Make a new plan "
+            "(`rrpcsync plan --out PLAN.json`), or set the value the plan was made with"
+        ) from None
     except secrets.MissingVariable as missing:
         raise PlanFileError(
             f"{source}: environment variable {missing.name} is not set "
@@ -146,6 +153,15 @@ def _unreachable_document(plan: Plan) -> dict[str, Any]:
     return {"unreachable": [item._asdict() for item in plan.unreachable]}
 
 
+class SecretChanged(ValueError):
+    """A sensitive payload of a saved plan resolves to other bytes than were planned."""
+
+    def __init__(self, key: str, names: list[str]) -> None:
+        super().__init__(key)
+        self.key = key
+        self.names = names
+
+
 def _resolve_saved(template: str, digest: object, env: Mapping[str, str]) -> str:
     """The saved template resolved: verbatim (a string payload) or as canonical JSON."""
     verbatim = secrets.resolve(template, False, env)
@@ -167,8 +183,9 @@ def _change_from_document(item: Mapping[str, Any], env: Mapping[str, str]) -> Ch
         raise ValueError(f"change {item.get('key')!r} has no payload")
     after = item.get("payload_sha256_after")
     if isinstance(payload, str) and hashlib.sha256(payload.encode()).hexdigest() != after:
-        why = "a referenced variable changed since" if template else "does not match its sha256"
-        raise ValueError(f"change {item.get('key')!r}: payload {why}")
+        if isinstance(template, str):
+            raise SecretChanged(str(item.get("key")), secrets.references(template))
+        raise ValueError(f"change {item.get('key')!r}: payload does not match its sha256")
     return Change(
         key=str(item["key"]),
         action=action,

@@ -14,6 +14,7 @@ from rrpcsync.manifests.expect import describe as describe_expectation
 from rrpcsync.manifests.explain import Explanation
 from rrpcsync.model import Action, Change, Plan, RolloutSpec, SelectionCount, Summary
 from rrpcsync.planning.schedule import Step, by_level, level_steps
+from rrpcsync.secrets import MASK
 
 MARKDOWN_LIMIT = 60_000  # GitHub comments hold 65,536 characters; leave room for wrappers
 MARKDOWN_MARKER = "<!-- rrpcsync-plan -->"
@@ -222,12 +223,36 @@ def _details(change: Change) -> tuple[Detail, ...]:
 
 def _payload_details(change: Change) -> list[Detail]:
     if change.action is Action.UPDATE:
-        return list(diff_items(change.payload_before, change.shown_payload))
+        items = diff_items(change.payload_before, change.shown_payload)
+        return list(items) if items else _sensitive_changes(change)
     if change.action is Action.CREATE:
         return [_short(change.shown_payload, 120)]
     if change.action is Action.DRIFT and change.reason != "stale":
         return list(diff_items(change.observed, change.shown_payload))
     return []
+
+
+def _sensitive_changes(change: Change) -> list[Detail]:
+    """Masked payloads that look the same but hash differently: a secret changed. Name the
+    keys holding secrets, never a value."""
+    shown = _as_json(change.shown_payload)
+    paths = list(_masked_paths(shown, "")) if isinstance(shown, dict) else []
+    if not paths:
+        return [("(sensitive value changed)", "", "")]
+    if len(paths) == 1:
+        return [(f"{paths[0]}: (sensitive value changed)", "", "")]
+    return [(f"{', '.join(paths)}: (a sensitive value changed)", "", "")]
+
+
+def _masked_paths(value: Any, prefix: str) -> Iterator[str]:
+    if isinstance(value, dict):
+        for key in sorted(value):
+            yield from _masked_paths(value[key], f"{prefix}.{key}" if prefix else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _masked_paths(item, f"{prefix}[{index}]")
+    elif isinstance(value, str) and MASK in value:
+        yield prefix or "payload"
 
 
 def _detail_line(item: Detail, *, color: bool) -> str:

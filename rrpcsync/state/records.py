@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import json
 import logging
 import operator
@@ -23,6 +24,7 @@ VERSION = 1
 JOURNAL_VERSION = 1
 HEADER_FIELDS = ("format", "version", "lineage", "serial", "devices")  # the order written
 RECORD_FIELDS = (  # sorted: the order written
+    "adopted",
     "applied_at",
     "attempts",
     "last_error",
@@ -40,10 +42,12 @@ RECORD_FIELDS = (  # sorted: the order written
 )
 # Added within version 1 (drift probes, docs/drift.md): written only when set, so the records
 # of devices never probed read exactly as before, and files without them load.
-OPTIONAL_RECORD_FIELDS = ("observed", "observed_at")
+# `adopted` (`state adopt`, docs/state.md) likewise: only on adopted records.
+OPTIONAL_RECORD_FIELDS = ("adopted", "observed", "observed_at")
 REQUIRED_RECORD_FIELDS = tuple(n for n in RECORD_FIELDS if n not in OPTIONAL_RECORD_FIELDS)
 ERROR_FIELDS = ("at", "code", "message")
 _TEXT_OR_NULL_FIELDS = (
+    "adopted",
     "applied_at",
     "manifest",
     "observed",
@@ -73,7 +77,9 @@ def record_to_dict(rec: DeviceRecord) -> dict[str, Any]:
     error = rec.last_error
     observed = {} if rec.observed is None else {"observed": rec.observed}
     observed_at = {} if rec.observed_at is None else {"observed_at": rec.observed_at}
+    adopted = {} if rec.adopted is None else {"adopted": rec.adopted}
     return {
+        **adopted,
         "applied_at": rec.applied_at,
         "attempts": rec.attempts,
         "last_error": None
@@ -186,6 +192,7 @@ def _checked_record(key: str, data: object) -> DeviceRecord:
         manifest=data["manifest"],
         observed=data.get("observed"),
         observed_at=data.get("observed_at"),
+        adopted=data.get("adopted"),
     )
 
 
@@ -289,24 +296,28 @@ def _journal_line_template(names: Iterable[str]) -> str:
     )
 
 
-def _optional_variants(make: Callable[[Iterable[str]], str]) -> dict[tuple[bool, bool], str]:
-    """Templates by (observed set, observed_at set); the common record has neither."""
+def _optional_variants(make: Callable[[Iterable[str]], str]) -> dict[tuple[bool, ...], str]:
+    """Templates by which optional fields are set (adopted, observed, observed_at); the
+    common record has none."""
     return {
-        (observed, at): make(
-            n for n in RECORD_FIELDS if (n != "observed" or observed) and (n != "observed_at" or at)
+        flags: make(
+            n
+            for n in RECORD_FIELDS
+            if n not in OPTIONAL_RECORD_FIELDS or flags[OPTIONAL_RECORD_FIELDS.index(n)]
         )
-        for observed in (False, True)
-        for at in (False, True)
+        for flags in itertools.product((False, True), repeat=len(OPTIONAL_RECORD_FIELDS))
     }
 
 
+_NONE_SET = (False,) * len(OPTIONAL_RECORD_FIELDS)
 _STATE_RECORDS = _optional_variants(_state_record_template)
-_STATE_RECORD = _STATE_RECORDS[False, False]
+_STATE_RECORD = _STATE_RECORDS[_NONE_SET]
 _STATE_ERROR = "{\n" + ",\n".join(f'        "{n}": %s' for n in ERROR_FIELDS) + "\n      }"
 _JOURNAL_LINES = _optional_variants(_journal_line_template)
-_JOURNAL_LINE = _JOURNAL_LINES[False, False]
+_JOURNAL_LINE = _JOURNAL_LINES[_NONE_SET]
 _JOURNAL_ERROR = "{" + ",".join(f'"{n}":%s' for n in ERROR_FIELDS) + "}"
-_OPTIONAL_AT = RECORD_FIELDS.index(OPTIONAL_RECORD_FIELDS[0])  # both sort side by side there
+# where observed/observed_at go among the required values (adopted sorts first of all)
+_OBSERVED_AT = sum(1 for n in REQUIRED_RECORD_FIELDS if n < "observed")
 
 
 def state_text(state: State, serial: int, string: StringEncoder = encode_basestring) -> str:
@@ -336,8 +347,8 @@ def journal_text(
     return line % (JOURNAL_VERSION, string(lineage), base_serial, string(key), *fields)
 
 
-def _template(variants: dict[tuple[bool, bool], str], rec: DeviceRecord) -> str:
-    return variants[rec.observed is not None, rec.observed_at is not None]
+def _template(variants: dict[tuple[bool, ...], str], rec: DeviceRecord) -> str:
+    return variants[rec.adopted is not None, rec.observed is not None, rec.observed_at is not None]
 
 
 def encoded_fields(
@@ -361,10 +372,11 @@ def encoded_fields(
         string(rec.status.value),
         "null" if rec.target_sha256 is None else string(rec.target_sha256),
     )
-    if rec.observed is None and rec.observed_at is None:
+    if rec.observed is None and rec.observed_at is None and rec.adopted is None:
         return values
-    optional = tuple(string(v) for v in (rec.observed, rec.observed_at) if v is not None)
-    return (*values[:_OPTIONAL_AT], *optional, *values[_OPTIONAL_AT:])
+    observed = tuple(string(v) for v in (rec.observed, rec.observed_at) if v is not None)
+    adopted = () if rec.adopted is None else (string(rec.adopted),)
+    return (*adopted, *values[:_OBSERVED_AT], *observed, *values[_OBSERVED_AT:])
 
 
 def utf8(make_text: Callable[[StringEncoder], str]) -> bytes:

@@ -139,7 +139,8 @@ def record_json(record: DeviceRecord) -> str:
 
 
 def device_row(state: str, serial: int, key: str, record: DeviceRecord) -> tuple[Any, ...]:
-    if not storable(record):
+    if not storable(record) or record.adopted is not None:
+        # adopted records (`state adopt`) keep their extra field in the JSON column
         kept = (record.status.value, record.payload_sha256, None, record.target_sha256)
         blank = (None,) * 5 + (record.attempts, None, None, None, record.manifest, None, None)
         return (state, key, serial, *kept, *blank, record_json(record))
@@ -184,7 +185,7 @@ def record_from_row(row: Sequence[Any]) -> DeviceRecord:
     if status is None:
         raise StateError(f"device '{key}': stored status {row[2]!r} is not a status")
     error = None if row[12] is None else ErrorInfo(row[12], row[13], row[14])
-    return DeviceRecord._make((status, *row[3:11], int(row[11]), error, *row[15:18]))
+    return DeviceRecord._make((status, *row[3:11], int(row[11]), error, *row[15:18], None))
 
 
 def read_record(key: str, text: str) -> DeviceRecord:
