@@ -63,6 +63,7 @@ def test_every_documented_setting_is_accepted_and_no_other(tmp_path: Path) -> No
             path = config_file(tmp_path, f"{section}{key} = {SAMPLE[key]}\n")
             loaded = load_config(path, "prod" if section else None)
             assert key in loaded.values, key
+    assert "rate" in load_config(config_file(tmp_path, 'rate = "auto"\n'), None).values
     for key in ("color", "access-token", "token", "rollout.wave", "max_sends", "verbose", "prune"):
         path = config_file(tmp_path, f"\n{key} = 1\n")
         assert f"{path}:2: unknown setting {key}" in error_of(path), key

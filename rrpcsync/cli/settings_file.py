@@ -75,6 +75,12 @@ def _number(low: float, high: float | None = None, above: bool = False) -> Check
     return check
 
 
+def _rate(value: Any) -> str | None:
+    if value == "auto" or (_is_number(value) and value >= 0.01):
+        return None
+    return 'must be a number of requests per second (at least 0.01) or "auto"'
+
+
 def _send_limit(value: Any) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return None
@@ -111,7 +117,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("state", "state_path", _string, "the state (--state)"),
     Setting("site", "site", _choice("china", "overseas"), "the cloud (--site)"),
     Setting("endpoint", "endpoint", _string, "the API endpoint (--endpoint)"),
-    Setting("rate", "rate", _number(0.01), "requests per second at most (--rate)"),
+    Setting("rate", "rate", _rate, "requests per second at most, or auto (--rate)"),
     Setting("parallelism", "parallelism", _integer(1, 1000), "requests in flight (--parallelism)"),
     Setting("timeout", "timeout", _number(0.1), "seconds per request (--timeout)"),
     Setting("retries", "retries", _integer(0, 20), "retries of transient errors (--retries)"),
