@@ -71,3 +71,4 @@ def test_validate_loads_no_state_store_planner_or_http_client(tmp_path: Path) ->
     light = {"rrpcsync.cloud.tokens"}  # constants and a protocol
     assert [name for name in loaded if name.startswith(unwanted) and name not in light] == []
     assert [name for name in loaded if name.split(".")[0] in HEAVY[1:5]] == []
+    assert "zoneinfo" not in loaded  # only manifests with maintenance windows need it
