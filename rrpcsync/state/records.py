@@ -99,13 +99,19 @@ def record_to_dict(rec: DeviceRecord) -> dict[str, Any]:
     }
 
 
-def record_from_dict(key: str, data: object) -> DeviceRecord:
-    """Validate one record's JSON form; StateError names the device key and the field."""
-    record = _plainly_valid_record(data)
+Shared = dict[str | None, str | None]
+
+
+def record_from_dict(key: str, data: object, shared: Shared | None = None) -> DeviceRecord:
+    """Validate one record's JSON form; StateError names the device key and the field.
+
+    `shared` (one dict per load) keeps each repeated text once: a large state repeats a few
+    payloads, digests, manifest names, times and replies in every record."""
+    record = _plainly_valid_record(data, {} if shared is None else shared)
     return record if record is not None else _checked_record(key, data)
 
 
-def _plainly_valid_record(data: object) -> DeviceRecord | None:
+def _plainly_valid_record(data: object, shared: Shared) -> DeviceRecord | None:
     """The record if `data` is exactly what save writes (type checks in bulk); else None."""
     if type(data) is not dict or data.keys() != _RECORD_FIELD_SET:
         return None
@@ -143,19 +149,20 @@ def _plainly_valid_record(data: object) -> DeviceRecord | None:
         and (error is None or _is_plain_error(error))
     ):
         return None
+    same = shared.setdefault
     return DeviceRecord(
         status=_STATUS_BY_VALUE[status],
-        payload_sha256=payload_sha256,
-        payload=payload,
-        target_sha256=target_sha256,
+        payload_sha256=same(payload_sha256, payload_sha256),
+        payload=same(payload, payload),
+        target_sha256=same(target_sha256, target_sha256),
         request_id=request_id,
         message_id=message_id,
-        reply_base64=reply_base64,
-        reply_text=reply_text,
-        applied_at=applied_at,
+        reply_base64=same(reply_base64, reply_base64),
+        reply_text=same(reply_text, reply_text),
+        applied_at=same(applied_at, applied_at),
         attempts=attempts,
         last_error=None if error is None else ErrorInfo(**error),
-        manifest=manifest,
+        manifest=same(manifest, manifest),
     )
 
 
