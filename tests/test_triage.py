@@ -214,3 +214,25 @@ def test_apply_only_failed_sends_only_the_failed_devices(
     per_device = emu.stats()["per_device"]
     assert [key for key, stats in per_device.items() if stats["acked"]] == ["P1/d2"]
     assert load_state(tmp_path / STATE).devices["P1/d2"].status is Status.APPLIED
+
+
+def test_triage_commands_work_on_a_sql_store(
+    capsys: pytest.CaptureFixture[str], recorded: Path
+) -> None:
+    from rrpcsync.state import open_store
+
+    url = f"sqlite:///{recorded}/state.db"
+    store = open_store(url)
+    with store.lock("test"):
+        state = store.load()
+        for key, record in load_state(recorded / STATE).devices.items():
+            state.put(key, record)
+        store.save(state)
+    listed = run(capsys, "state", "list", "--state", url, "--status", "failed")
+    assert keys(listed) == ["P1/d2", "P1/d3"]
+    assert run(capsys, "state", "mv", "P2/*", "P3/*", "--state", url).code == 0
+    assert run(capsys, "state", "rm", "P1/d*", "--yes", "--state", url).code == 0
+    remaining = json.loads(run(capsys, "state", "list", "--state", url, "--format", "json").out)
+    assert sorted(remaining["devices"]) == ["P1/long-device-name-7", "P3/e1"]
+    shown = run(capsys, "state", "show", "P3/e1", "--state", url)
+    assert shown.code == 0 and "  status:         applied" in shown.out_lines
