@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -511,6 +512,27 @@ def test_mermaid_pies_are_safe_and_compact() -> None:
         '    "failed: A" : 1',
         '    "failed: B" : 1',
     ]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_every_store_gives_the_same_report(
+    capsys: pytest.CaptureFixture[str], fleet: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    url = "sqlite:///state.db" if kind == "sqlite" else str(request.getfixturevalue("pg_url"))
+    migrated = run(capsys, "state", "migrate", "--state", "rrpcsync.state.json", "--to", url)
+    assert migrated.code == 0, migrated.err
+    from_file = json.loads(run(capsys, "report", "--format", "json").out)
+    result = run(capsys, "report", "--format", "json", "--state", url, "--html", "store.html")
+    assert result.code == 0, result.err
+    from_store = json.loads(result.out)
+    assert from_store["state"]["location"] != from_file["state"]["location"]
+    for document in (from_file, from_store):
+        del document["generated_at"], document["state"]["location"]
+    assert from_store == from_file  # the same numbers, failures and run history
+    if kind == "postgresql":  # the page names the database, never its password
+        password = urlsplit(url).password or ""
+        page = (fleet / "store.html").read_text("utf-8")
+        assert password and password not in page and password not in result.out + result.err
 
 
 def test_devices_waiting_for_a_closed_window_count_as_deferred(
