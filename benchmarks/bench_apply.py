@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,11 +45,19 @@ def emulator_process(latency: float, rate_limit: float | None = None) -> Iterato
     )
     try:
         url = _wait_for_url(proc)
+        # it logs a line per request: keep reading, or a full pipe stops it mid-benchmark
+        threading.Thread(target=_drain, args=(proc,), daemon=True).start()
         yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         os.unlink(handle.name)
+
+
+def _drain(proc: subprocess.Popen[str]) -> None:
+    assert proc.stderr is not None
+    for _ in proc.stderr:
+        pass
 
 
 def _wait_for_url(proc: subprocess.Popen[str]) -> str:
