@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from rrpcsync.cli.app import info, out, settings
@@ -11,7 +12,8 @@ from rrpcsync.errors import UsageError
 from rrpcsync.model import Plan
 from rrpcsync.planning import render
 from rrpcsync.planning.document import plan_document
-from rrpcsync.state import utc_now
+from rrpcsync.state import JsonFileStore, StateStore, utc_now
+from rrpcsync.state.paths import open_private, same_file
 
 
 def write_plan_outputs(
@@ -42,13 +44,30 @@ def write_plan_outputs(
             out(line)
 
 
+def refuse_clobbering(store: StateStore, outputs: Sequence[tuple[str, str | None]]) -> None:
+    """`plan --out state.json` would destroy the state: refuse to write an output onto the
+    state file, its backup, journal, lock or history (by any path, symlinks included)."""
+    protected = store.files() if isinstance(store, JsonFileStore) else ()
+    for option, value in outputs:
+        if value is None:
+            continue
+        for path in protected:
+            if same_file(value, path):
+                raise UsageError(
+                    f"refusing to write {option} to {value}: it is the state's file {path}"
+                )
+
+
 def write_text_file(path: Path, text: str) -> None:
-    """Plans may hold payloads: private to the user (0600), like the state."""
+    """Plans may hold payloads: private to the user (0600), like the state. A symlink in the
+    output's place is refused, never followed."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "output file", UsageError)
+    except FileNotFoundError:
+        raise UsageError(f"cannot write {path}: its folder does not exist") from None
+    try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.chmod(path, 0o600)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 

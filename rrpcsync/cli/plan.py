@@ -34,7 +34,7 @@ from rrpcsync.cli.options import (
     selection_options,
     state_option,
 )
-from rrpcsync.cli.output import write_plan_outputs
+from rrpcsync.cli.output import refuse_clobbering, write_plan_outputs
 from rrpcsync.cli.validate import report_diagnostics, report_warnings
 from rrpcsync.errors import ExitCode, ManifestError
 from rrpcsync.model import Plan
@@ -92,6 +92,7 @@ def plan(
     shown). Changes outside their manifest's maintenance windows show as deferred. Invalid
     manifests print the validate output, exit 1. --explain KEY prints one device's layers.
     """
+    refuse_clobbering(api.open_store(state_path), plan_outputs(out_path, md_path))
     selection = selection_from(targets, excludes, selectors)
     planned = plan_and_show(
         paths, state_path, selection, prune, {**options, "only_failed": only_failed}
@@ -147,6 +148,7 @@ def drift(
     recorded one (create, update); devices only waiting for a retry are listed but exit 0.
     Exit 1 on errors.
     """
+    refuse_clobbering(api.open_store(state_path), plan_outputs(out_path, md_path))
     selection = selection_from(targets, excludes, selectors)
     planned = plan_and_show(paths, state_path, selection, False, {**options, "refresh": True})
     write_plan_outputs(planned.plan, output_format, out_path, md_path, detail)
@@ -159,6 +161,10 @@ def drift_alert(the_plan: Plan) -> bool:
     a retry alone (the payload was sent, the device has not acknowledged it) stays green."""
     summary = the_plan.summary
     return summary.drift + summary.create + summary.update > 0
+
+
+def plan_outputs(out_path: str | None, md_path: str | None) -> list[tuple[str, str | None]]:
+    return [("--out", out_path), ("--out-markdown", md_path)]
 
 
 def plan_and_show(

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from rrpcsync.errors import StateError
-from rrpcsync.state.lock import unlink_quietly
+from rrpcsync.state.paths import open_private, resolve_state_path, unlink_quietly
 
 log = logging.getLogger("rrpcsync.state")
 
@@ -23,7 +23,7 @@ def backup_path(state_path: Path) -> Path:
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Temp file in the same folder, fsync, backup link, rename, fsync the folder."""
-    target = path.resolve() if path.is_symlink() else path
+    target = resolve_state_path(path)
     try:
         temp = _write_temp_file(target, data)
         try:
@@ -90,7 +90,7 @@ def _make_link_private(target: Path, link: Path) -> None:
 
 
 def _copy_private(source: Path, destination: Path) -> None:
-    fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = open_private(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "backup file")
     with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
         shutil.copyfileobj(src, out)
 
@@ -106,15 +106,17 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def open_for_append(path: Path) -> int:
-    created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def open_for_append(path: Path, what: str = "journal") -> int:
+    """An fd appending to `path` (created 0600; an existing file brought to 0600; a symlink
+    or a non-regular file refused with a StateError naming it)."""
+    created = not os.path.lexists(path)
+    fd = open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, what)
     if created:
         fsync_dir(path.parent)  # so the journal itself survives a power cut
     return fd
 
 
-def reopen_if_removed(fd: int, path: Path) -> int:
+def reopen_if_removed(fd: int, path: Path, what: str = "journal") -> int:
     try:
         on_disk = os.stat(path)
         held = os.fstat(fd)
@@ -123,7 +125,7 @@ def reopen_if_removed(fd: int, path: Path) -> int:
     except FileNotFoundError:
         pass
     os.close(fd)  # a save removed it: entries now go on top of the new serial
-    return open_for_append(path)
+    return open_for_append(path, what)
 
 
 def append_durably(fd: int, data: bytes, sync: bool = True) -> None:

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 from rrpcsync.errors import StateError
 from rrpcsync.model import DeviceRecord
 from rrpcsync.state.files import append_durably, open_for_append, reopen_if_removed
+from rrpcsync.state.paths import open_private, read_private
 from rrpcsync.state.records import (
     JOURNAL_VERSION,
     check_key,
@@ -40,11 +41,9 @@ def replay_journal(state: State) -> None:
     """Apply `<state>.journal` on top of `state`: later entries for a key win."""
     path = journal_path(Path(state.location))
     try:
-        raw = path.read_bytes()
+        raw = read_private(path, "journal")
     except FileNotFoundError:
         return
-    except OSError as exc:
-        raise StateError(f"cannot read journal {path}: {exc.strerror}") from None
     lines = raw.split(b"\n")
     if lines[-1]:
         _warn(state, f"{path}:{len(lines)}: ignored an incomplete last line (a run was killed)")
@@ -238,9 +237,11 @@ def journal_line(lineage: str, base_serial: int, key: str, record: DeviceRecord)
 
 def drop_torn_tail(path: Path) -> None:
     """Cut what replay ignores (a torn or invalid last line), so new entries follow valid ones."""
-    if not path.exists():
+    try:
+        fd = open_private(path, os.O_RDWR, "journal")
+    except FileNotFoundError:
         return
-    with open(path, "rb+") as file:
+    with os.fdopen(fd, "rb+") as file:
         size = file.seek(0, os.SEEK_END)
         end = _end_of_valid_lines(file, size)
         if end < size:

@@ -14,6 +14,7 @@ from rrpcsync.model import DeviceRecord
 from rrpcsync.state.files import append_durably, backup_path, open_for_append, write_atomically
 from rrpcsync.state.journal import Journal, journal_path, replay_journal
 from rrpcsync.state.lock import StateLock, lock_path, read_holder, unlock
+from rrpcsync.state.paths import read_private, resolve_state_path
 from rrpcsync.state.records import (
     FORMAT,
     HEADER_FIELDS,
@@ -67,18 +68,16 @@ log = logging.getLogger("rrpcsync.state")
 
 def load_state(path: Path) -> State:
     """Read the state (a missing file is an empty state) and replay its journal on top."""
-    state = read_state_file(Path(path))
+    state = read_state_file(resolve_state_path(path))
     replay_journal(state)
     return state
 
 
 def read_state_file(path: Path) -> State:
     try:
-        raw = path.read_bytes()
+        raw = read_private(path, "state file")
     except FileNotFoundError:
         return State(str(path), new_lineage())
-    except OSError as exc:
-        raise StateError(f"cannot read state file {path}: {exc.strerror}") from None
     written = raw.count(b'"status"')  # records as written, compared with those read below
     text = _decoded_state(path, raw)
     del raw  # a 1M-device state is ~700 MB: never hold the bytes, the text and the values at once
@@ -237,11 +236,22 @@ class JsonFileStore:
     """The state as one JSON file, with its journal, backup, lock and run history beside it."""
 
     def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
+        self.path = resolve_state_path(path)  # a symlink and its target share one lock
 
     @property
     def location(self) -> str:
         return str(self.path)
+
+    def files(self) -> tuple[Path, ...]:
+        """Every file of this state: outputs must never be written onto one of them."""
+        path = self.path
+        return (
+            path,
+            backup_path(path),
+            journal_path(path),
+            lock_path(path),
+            history_path(path),
+        )
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -274,7 +284,7 @@ class JsonFileStore:
         line = json.dumps(run._asdict(), ensure_ascii=False, sort_keys=True) + "\n"
         path = history_path(self.path)
         try:
-            fd = open_for_append(path)
+            fd = open_for_append(path, "run history")
             try:
                 append_durably(fd, line.encode("utf-8"))
             finally:
@@ -285,16 +295,16 @@ class JsonFileStore:
     def runs(self) -> list[RunRecord]:
         path = history_path(self.path)
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = read_private(path, "run history").decode("utf-8").splitlines()
         except FileNotFoundError:
             return []
-        except (OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
             raise StateError(f"cannot read run history {path}: {exc}") from None
         runs = []
         for number, line in enumerate(lines, 1):
             try:
                 runs.append(RunRecord(**json.loads(line)))
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, RecursionError):
                 _warn_history(path, number)
         return runs
 

@@ -8,7 +8,6 @@ file it locked (otherwise it locked an orphan and tries again). Formats: docs/st
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import json
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rrpcsync.errors import LockedError, StateError
+from rrpcsync.state.paths import open_private, read_private, resolve_state_path, unlink_quietly
 
 log = logging.getLogger("rrpcsync.state")
 
@@ -37,7 +37,7 @@ class StateLock:
     """Exclusive lock on one state file; a context manager, or `acquire()`/`release()`."""
 
     def __init__(self, state_path: Path, command: str, timeout: float = 0.0) -> None:
-        self.state_path = Path(state_path)
+        self.state_path = resolve_state_path(state_path)
         self.path = lock_path(self.state_path)
         self.command = command
         self.timeout = timeout
@@ -111,15 +111,13 @@ def try_lock(path: Path) -> int | None:
 
 
 def open_lock_file(path: Path, create: bool) -> int:
-    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)  # never O_TRUNC
+    flags = os.O_RDWR | (os.O_CREAT if create else 0)  # never O_TRUNC
     try:
-        return os.open(path, flags, 0o600)
+        return open_private(path, flags, "lock file")
     except FileNotFoundError:
         if not create:
             raise
         raise StateError(f"cannot create lock file {path}: its folder does not exist") from None
-    except OSError as exc:
-        raise StateError(f"cannot open lock file {path}: {exc.strerror}") from None
 
 
 def flock_nonblocking(fd: int, path: Path) -> bool:
@@ -139,11 +137,6 @@ def is_current_file(fd: int, path: Path) -> bool:
         return False
     held = os.fstat(fd)
     return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
-
-
-def unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 # --------------------------------------------------------------------------- holder info
@@ -177,10 +170,11 @@ def write_holder(fd: int, holder: Mapping[str, Any]) -> None:
 def read_holder(state_path: Path) -> dict[str, Any] | None:
     """Who holds (or last held) the lock of this state, or None if there is no lock file."""
     try:
-        with open(lock_path(Path(state_path)), "rb") as file:
-            return parse_holder(file.read(_HOLDER_MAX_BYTES))
-    except (FileNotFoundError, IsADirectoryError):
+        path = lock_path(resolve_state_path(state_path))
+        data = read_private(path, "lock file", _HOLDER_MAX_BYTES)
+    except FileNotFoundError:
         return None
+    return parse_holder(data)
 
 
 def read_holder_fd(fd: int) -> dict[str, Any] | None:
@@ -190,7 +184,7 @@ def read_holder_fd(fd: int) -> dict[str, Any] | None:
 def parse_holder(data: bytes) -> dict[str, Any] | None:
     try:
         holder = json.loads(data)
-    except ValueError:  # empty, torn, or not ours
+    except (ValueError, RecursionError):  # empty, torn, too deep, or not ours
         return None
     return holder if isinstance(holder, dict) else None
 
@@ -255,7 +249,8 @@ def warn_if_taking_over(path: Path, previous: Mapping[str, Any] | None) -> None:
 
 def unlock(state_path: Path, force: bool) -> str:
     """Remove the lock file of a run that died; returns a message for the user."""
-    path = lock_path(Path(state_path))
+    state_path = resolve_state_path(state_path)
+    path = lock_path(state_path)
     try:
         fd = open_lock_file(path, create=False)
     except FileNotFoundError:
