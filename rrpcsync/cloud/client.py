@@ -181,6 +181,8 @@ class RrpcClient:
     async def _send(
         self, token: str, product_id: str, device_name: str, payload: str, request_id: str
     ) -> ApiResult:
+        # registered before any answer is read: clean_text redacts it before cutting a message
+        secret_values.register(token, *self._tokens.secrets())
         fields = {
             "Action": ACTION,
             "RequestId": request_id,

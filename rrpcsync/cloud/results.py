@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from rrpcsync import secrets as secret_values
 from rrpcsync.cloud.classify import ErrorClass, classify
 
-MASK = "***"
+MASK = secret_values.REDACTED
 SNIPPET_CHARS = 200  # longest body snippet or remote message kept in a result
 
 # --------------------------------------------------------------------------- results
@@ -278,22 +279,25 @@ _TAG = re.compile(r"<[^>]*>")
 def snippet(body: bytes, limit: int = SNIPPET_CHARS) -> str:
     """A short printable excerpt of a body: an HTML page's <title>, else its text."""
     title = _TITLE.search(body[:8192])
-    raw = title.group(1) if title else body[: limit * 8]
-    text = raw.decode("utf-8", "replace")
+    raw = title.group(1) if title else body  # cut only once secrets are redacted
+    text = secret_values.redact(raw.decode("utf-8", "replace"))[: limit * 8]
     if text.lstrip().startswith("<"):
         text = _TAG.sub(" ", text)
     return clean_text(text, limit)
 
 
 def clean_text(text: str, limit: int = SNIPPET_CHARS) -> str:
-    """One line of printable text (no control or escape characters), at most `limit` chars."""
+    """One line of printable text (no control or escape characters), at most `limit` chars.
+
+    Every registered secret (`secrets.register`) is redacted first, in every encoding, so a
+    secret holding a newline, or one the limit would cut, cannot leave a prefix behind."""
+    text = secret_values.redact(text)
     printable = "".join(c if c.isprintable() else " " for c in text[: limit * 4])
     single = " ".join(printable.split())
     return single if len(single) <= limit else single[: limit - 1] + "…"
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every occurrence of each non-empty secret replaced by "***"."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
+    """`text` with every form (raw, JSON-escaped, base64...: `secrets.forms`) of each secret
+    given and of each registered one replaced by "***"."""
+    return secret_values.redact(text, secrets)

@@ -187,17 +187,11 @@ def _overwrite(target: Any, desired: Any, path: list[str]) -> None:
 
 
 def masked(value: Any, hidden: Iterable[str]) -> Any:
-    """`value` with every occurrence of a secret value in its strings replaced by the mask."""
-    values = sorted((v for v in hidden if v), key=len, reverse=True)
+    """`value` with every form of a secret value in its strings replaced by the mask."""
+    values = [v for v in hidden if v]
     if not values:
         return value
-
-    def hide(text: str) -> str:
-        for secret in values:
-            text = text.replace(secret, secrets.MASK)
-        return text
-
-    return walk_strings(value, hide, keys=True)
+    return walk_strings(value, lambda text: secrets.redact(text, values, secrets.MASK), keys=True)
 
 
 # --------------------------------------------------------------------------- durations

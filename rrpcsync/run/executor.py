@@ -125,17 +125,16 @@ def applied_record(change: Change, result: ApiResult, attempts: int) -> DeviceRe
 
 
 def _stored_reply(change: Change, result: ApiResult) -> tuple[str | None, str | None]:
-    """The reply as stored: a device that echoes a sensitive payload must not leak it."""
+    """The reply as stored: a device that echoes a sensitive payload must not leak it, in any
+    encoding (raw, JSON-escaped, base64: `secrets.redact`)."""
     text = result.reply_text
     if change.payload_template is None or result.reply_base64 is None:
         return result.reply_base64, text
-    leaked = [value for value in secrets.known_values() if value in (text or "")]
-    if text is None or leaked:
-        if text is None:
-            return None, None  # undecodable bytes may hold the secret: keep neither form
-        for value in leaked:
-            text = text.replace(value, secrets.MASK)
-        return base64.b64encode(text.encode("utf-8")).decode("ascii"), text
+    if text is None:
+        return None, None  # undecodable bytes may hold the secret: keep neither form
+    masked = secrets.redact(text, mask=secrets.MASK)
+    if masked != text:
+        return base64.b64encode(masked.encode("utf-8", "surrogatepass")).decode("ascii"), masked
     return result.reply_base64, text
 
 
@@ -145,9 +144,7 @@ def checked_reply(change: Change, result: ApiResult) -> ApiResult:
     reason = check_reply(change.expect, change.payload, result.reply_text, result.reply_base64)
     if reason is None:
         return result
-    if change.payload_template is not None:  # the reply may echo a secret
-        for value in secrets.known_values():
-            reason = reason.replace(value, secrets.MASK)
+    reason = secrets.redact(reason, mask=secrets.MASK)  # the reply may echo a secret
     return dataclasses.replace(
         result, ok=False, code=REPLY_MISMATCH, message=reason, error_class=ErrorClass.DEVICE
     )
