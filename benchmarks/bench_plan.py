@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import write_fleet
 
 from rrpcsync.manifests.loader import discover, load_manifests
-from rrpcsync.model import DeviceRecord, Status
+from rrpcsync.model import DeviceRecord, Status, payload_digest
 from rrpcsync.state.jsonfile import load_state, save_state
 
 
@@ -41,7 +41,7 @@ def write_state(folder: Path, state_path: Path, changed_every: int) -> int:
     for index, device in enumerate(desired):
         changed = changed_every > 0 and index % changed_every == 0
         payload = device.payload + " " if changed else device.payload
-        digest = "0" * 64 if changed else device.payload_sha256
+        digest = payload_digest(payload) if changed else device.payload_sha256
         state.devices[device.key] = DeviceRecord(
             status=Status.APPLIED,
             payload_sha256=digest,

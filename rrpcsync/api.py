@@ -16,9 +16,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rrpcsync import jsontext
 from rrpcsync.cloud.tokens import LOGIN_CODE_PREFIX
 from rrpcsync.errors import ConfigError, FatalApiError, ManifestError, PlanFileError, UsageError
 from rrpcsync.manifests import loader
@@ -450,6 +450,31 @@ def _refuse_saved_plan(paths: Sequence[str], command: str) -> None:
         raise UsageError(f"{plan_file} is a saved plan: `{command}` reads manifests (YAML)")
 
 
+def read_saved_plan(path: str) -> Any:
+    """The JSON of a saved plan: a regular file of bounded size and nesting; anything else is
+    a PlanFileError naming the file."""
+    from rrpcsync.manifests.files import read_manifest_file
+
+    try:
+        data = read_manifest_file(path)
+    except ManifestError as exc:
+        raise PlanFileError(
+            f"{path}: cannot read saved plan: {exc.diagnostics[0].message}"
+        ) from None
+    try:
+        return jsontext.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PlanFileError(
+            f"{path}: cannot read saved plan: not UTF-8 (byte {exc.start})"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise PlanFileError(
+            f"{path}:{exc.lineno}:{exc.colno}: cannot read saved plan: not valid JSON: {exc.msg}"
+        ) from None
+    except ValueError as exc:
+        raise PlanFileError(f"{path}: cannot read saved plan: {exc}") from None
+
+
 def load_saved_plan(
     path: str, store: StateStore, say: Say = _quiet, windows: Windows | None = None
 ) -> Planned:
@@ -465,11 +490,7 @@ def load_saved_plan(
     from rrpcsync.planning.document import plan_from_document
 
     state = store.load()
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PlanFileError(f"{path}: cannot read saved plan: {exc}") from None
-    saved = plan_from_document(doc, path, os.environ)
+    saved = plan_from_document(read_saved_plan(path), path, os.environ)
     if saved.lineage not in (NEW_STATE, state.lineage):
         raise PlanFileError(
             f"{path}: the plan was made for state lineage {saved.lineage}, but "

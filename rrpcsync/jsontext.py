@@ -36,3 +36,51 @@ def walk_strings(value: Any, change: Callable[[str], str], keys: bool = False) -
             for key, item in value.items()
         }
     return value
+
+
+# --------------------------------------------------------------------------- decoding with limits
+
+MAX_DEPTH = 200  # nesting of decoded documents (replies, probes, saved plans, payload diffs)
+
+
+class JsonLimitError(ValueError):
+    """A JSON text over one of the decoder's limits: too deep, or a number too long."""
+
+
+def loads(text: str | bytes, max_depth: int | None = MAX_DEPTH, **options: Any) -> Any:
+    """`json.loads` that fails only with ValueError: JSONDecodeError (invalid JSON),
+    UnicodeDecodeError (bytes not UTF-8), or JsonLimitError (nested deeper than `max_depth`,
+    or an integer over Python's 4,300-digit limit). Never RecursionError.
+
+    With `max_depth=None` only the decoder's own recursion limit applies (for large documents
+    whose shape the caller checks, like the state)."""
+    try:
+        value = json.loads(text, **options)
+    except RecursionError:
+        raise JsonLimitError(f"nested more than {max_depth or MAX_DEPTH} levels deep") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:
+        if "digits" in str(exc) and not isinstance(exc, UnicodeDecodeError):
+            raise JsonLimitError("a number has more than 4,300 digits") from None
+        raise
+    if max_depth is not None and nested_deeper_than(value, max_depth):
+        raise JsonLimitError(f"nested more than {max_depth} levels deep")
+    return value
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists/objects in `value` nest more than `limit` levels (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -10,6 +12,28 @@ from typing import NamedTuple
 from rrpcsync.secrets import mask
 
 EMPTY_LABELS: Mapping[str, str] = {}  # shared, never mutated (a Mapping); picklable
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(value: object) -> bool:
+    """A SHA-256 as rrpcsync writes it: 64 lowercase hex digits."""
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
+
+
+def payload_digest(payload: str) -> str:
+    return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def device_key_problem(key: object) -> str | None:
+    """Why `key` is not a device key `ProductId/DeviceName` (one slash), or None."""
+    if not isinstance(key, str):
+        return "a device key must be a string"
+    product_id, slash, device_name = key.partition("/")
+    if not (product_id and slash and device_name) or "/" in device_name:
+        return f"device key '{key}' is not of the form ProductId/DeviceName"
+    return None
 
 
 class Status(str, enum.Enum):

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from urllib.parse import quote, quote_plus
 
-from rrpcsync.jsontext import canonical_payload, walk_strings
+from rrpcsync.jsontext import canonical_payload, loads, walk_strings
 
 MARKER = "${env:"
 MASK = "(sensitive)"
@@ -54,7 +54,7 @@ def resolve(template: str, is_json: bool, env: Mapping[str, str]) -> str:
     (re-serialised canonically), or in a verbatim string payload."""
     if not is_json:
         return _substitute(template, env)
-    document = walk_strings(json.loads(template), lambda s: _substitute(s, env))
+    document = walk_strings(loads(template), lambda s: _substitute(s, env))
     return canonical_payload(document)
 
 

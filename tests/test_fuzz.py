@@ -20,7 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rrpcsync.model import DeviceRecord, ErrorInfo, Status
+from rrpcsync.model import DeviceRecord, ErrorInfo, Status, payload_digest
 from rrpcsync.state.jsonfile import Journal, State, journal_path, load_state, save_state
 
 from .helpers import ROOT, Result, manifest_text, run
@@ -276,8 +276,8 @@ DEVICES = {
     "P1/d1": DeviceRecord(
         status=Status.APPLIED,
         payload='{"method":"set","params":{"a":1,"unit":"C"}}',
-        payload_sha256="0" * 64,
-        target_sha256="0" * 64,
+        payload_sha256=payload_digest('{"method":"set","params":{"a":1,"unit":"C"}}'),
+        target_sha256=payload_digest('{"method":"set","params":{"a":1,"unit":"C"}}'),
         request_id="r-1",
         message_id=7,
         reply_base64="b2s=",

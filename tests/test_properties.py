@@ -324,9 +324,16 @@ journal_records = st.builds(
     status=st.sampled_from(Status),
     payload=st.none() | payloads,
     payload_sha256=st.none() | st.sampled_from([sha(p) for p in PAYLOADS]),
+    target_sha256=st.none() | st.sampled_from([sha(p) for p in PAYLOADS]),
     request_id=st.none() | st.text(max_size=8),
     attempts=st.integers(0, 5),
     reply_text=st.none() | st.text(max_size=8),
+).map(
+    lambda rec: (
+        rec
+        if rec.payload is None or rec.payload_sha256 is None
+        else rec._replace(payload_sha256=sha(rec.payload))
+    )
 )
 
 

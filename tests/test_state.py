@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rrpcsync.errors import ExitCode, StateError
-from rrpcsync.model import DeviceRecord, ErrorInfo, Status
+from rrpcsync.model import DeviceRecord, ErrorInfo, Status, payload_digest
 from rrpcsync.state import jsonfile as state_module
 from rrpcsync.state.jsonfile import (
     RECORD_FIELDS,
@@ -38,11 +38,12 @@ from rrpcsync.state.jsonfile import (
 
 LINEAGE = "6f1c0a52-5d7e-4c1b-9d1e-0a4b7a000001"
 
+APPLIED_PAYLOAD = '{"method":"set_config","params":{"name":"温度","unit":"°C"}}'
 APPLIED = DeviceRecord(
     status=Status.APPLIED,
-    payload_sha256="a" * 64,
-    payload='{"method":"set_config","params":{"name":"温度","unit":"°C"}}',
-    target_sha256="a" * 64,
+    payload_sha256=payload_digest(APPLIED_PAYLOAD),
+    payload=APPLIED_PAYLOAD,
+    target_sha256=payload_digest(APPLIED_PAYLOAD),
     request_id="3f8e6c1e-0000-4000-8000-000000000001",
     message_id=74,
     reply_base64="QUJDRA==",
@@ -663,7 +664,9 @@ def test_failed_journal_write_leaves_no_torn_line(
 
 
 def test_lone_surrogates_are_escaped_not_crashed_on(path: Path) -> None:
-    odd = APPLIED._replace(payload="bad \ud800 text ✓")
+    odd = APPLIED._replace(
+        payload="bad \ud800 text ✓", payload_sha256=payload_digest("bad \ud800 text ✓")
+    )
     state = make_state(path, P__odd=odd)
     save_state(state)
     with Journal.open(state) as journal:
@@ -676,12 +679,13 @@ def test_lone_surrogates_are_escaped_not_crashed_on(path: Path) -> None:
 # --------------------------------------------------------------------------- properties
 
 optional_text = st.none() | st.text()
+sha256s = st.none() | st.text("0123456789abcdef", min_size=64, max_size=64)
 records = st.builds(
     DeviceRecord,
     status=st.sampled_from(Status),
-    payload_sha256=optional_text,
+    payload_sha256=sha256s,
     payload=optional_text,
-    target_sha256=optional_text,
+    target_sha256=sha256s,
     request_id=optional_text,
     message_id=st.none() | st.integers(),
     reply_base64=optional_text,
@@ -693,6 +697,12 @@ records = st.builds(
     observed=optional_text,  # the optional fields, in every combination
     observed_at=optional_text,
     adopted=st.none() | st.sampled_from(["probe", "assumed"]),
+).map(
+    lambda rec: (
+        rec
+        if rec.payload is None or rec.payload_sha256 is None
+        else rec._replace(payload_sha256=payload_digest(rec.payload))
+    )
 )
 name = st.text(min_size=1).filter(lambda text: "/" not in text)
 keys = st.builds(lambda product, device: f"{product}/{device}", name, name)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
+from rrpcsync import jsontext
 from rrpcsync.jsontext import canonical_json as canonical
 from rrpcsync.model import Expectation
 
@@ -264,8 +265,8 @@ def _regex(pattern: str) -> re.Pattern[str]:
 
 def _loads(text: str) -> Any:
     try:
-        return json.loads(text, parse_constant=_no_constant)
-    except ValueError:
+        return jsontext.loads(text, parse_constant=_no_constant)
+    except ValueError:  # not JSON, or over the depth and number limits: no document
         return MISSING
 
 

@@ -25,7 +25,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from rrpcsync import secrets
 from rrpcsync.errors import Diagnostic, ManifestError
-from rrpcsync.jsontext import canonical_payload
+from rrpcsync.jsontext import MAX_DEPTH, canonical_payload, nested_deeper_than
 from rrpcsync.manifests import inventory, messages
 from rrpcsync.manifests import probe as probes
 from rrpcsync.manifests.expect import ManifestExpectations, check_echo_payload, parse_expectation
@@ -817,6 +817,10 @@ def _payload_text(
         text = canonical_payload(payload)
     except (TypeError, ValueError, RecursionError) as exc:
         message = f"payload cannot be sent as JSON: {_json_reason(exc)}{built}"
+        problems.append(Diagnostic(file, line, column, path + ".payload", message))
+        return None
+    if not isinstance(payload, str) and nested_deeper_than(payload, MAX_DEPTH):
+        message = f"payload is nested too deeply (more than {MAX_DEPTH} levels of lists and maps)"
         problems.append(Diagnostic(file, line, column, path + ".payload", message))
         return None
     template = None

@@ -7,12 +7,11 @@ No I/O here: the prober that sends probes lives in rrpcsync/drift.py.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from rrpcsync import secrets
+from rrpcsync import jsontext, secrets
 from rrpcsync.jsontext import canonical_payload, walk_strings
 from rrpcsync.manifests.expect import MISSING, json_equal, parse_pointer, step
 from rrpcsync.model import Probe
@@ -110,7 +109,9 @@ def reported_config(reply_text: str | None, pointer: str) -> Any:
     if reply_text is None:
         raise ProbeReplyError(NO_REPLY, "the probe reply is empty or not UTF-8 text")
     try:
-        reply = json.loads(reply_text)
+        reply = jsontext.loads(reply_text)
+    except jsontext.JsonLimitError as exc:
+        raise ProbeReplyError(NOT_JSON, f"the probe reply is {exc}") from None
     except ValueError:
         message = f"the probe reply is not JSON: {_short(reply_text)}"
         raise ProbeReplyError(NOT_JSON, message) from None
@@ -136,13 +137,13 @@ def compare(desired_payload: str, reported: Any, ignore: Sequence[str] = ()) -> 
     is parsed first); any other string payload is compared as text.
     """
     try:
-        desired = json.loads(desired_payload)
+        desired = jsontext.loads(desired_payload)
     except ValueError:
         text = reported if isinstance(reported, str) else canonical_payload(reported)
         return Comparison(text == desired_payload, reported)
     if isinstance(reported, str) and not isinstance(desired, str):
         with contextlib.suppress(ValueError):
-            reported = json.loads(reported)
+            reported = jsontext.loads(reported)
     compared = without_ignored(reported, desired, ignore)
     return Comparison(json_equal(compared, desired), compared)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -11,7 +13,15 @@ from rrpcsync import secrets
 from rrpcsync.errors import PlanFileError
 from rrpcsync.manifests import expect
 from rrpcsync.manifests.policy import policy_from_document, policy_to_document
-from rrpcsync.model import Action, Change, Plan, Summary
+from rrpcsync.model import (
+    Action,
+    Change,
+    Plan,
+    Summary,
+    device_key_problem,
+    is_sha256,
+    payload_digest,
+)
 
 PLAN_FORMAT = "rrpcsync-plan"
 PLAN_FORMAT_VERSION = 1
@@ -90,23 +100,19 @@ def _change_document(change: Change, include_payloads: bool) -> dict[str, Any]:
 def plan_from_document(doc: Any, source: str, env: Mapping[str, str] | None = None) -> Plan:
     """Rebuild a saved plan; anything malformed is a PlanFileError naming `source`.
 
+    Every field is checked as the state loader checks its records (device keys, SHA-256
+    hashes, types), so a hand-edited plan cannot send to a key the state would refuse.
     Sensitive payloads were saved as templates: `env` supplies their `${env:…}` values.
     """
     if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
         raise PlanFileError(f"{source}: not a saved rrpcsync plan (missing format {PLAN_FORMAT!r})")
     if doc.get("format_version") != PLAN_FORMAT_VERSION:
         raise PlanFileError(
-            f"{source}: plan format_version {doc.get('format_version')!r} is not supported "
-            f"(this rrpcsync reads {PLAN_FORMAT_VERSION})"
+            f"{source}: plan format_version {_shown(doc.get('format_version'))} is not "
+            f"supported (this rrpcsync reads {PLAN_FORMAT_VERSION})"
         )
     try:
-        changes = tuple(_change_from_document(item, env or {}) for item in doc["changes"])
-        lineage, serial = str(doc["lineage"] or ""), int(doc["serial"])
-        prune = bool(doc.get("prune", False))
-        policies = {
-            str(name): policy_from_document(item)
-            for name, item in (doc.get("manifests") or {}).items()
-        }
+        return _plan_of(doc, env or {})
     except SecretChanged as changed:
         names = ", ".join(f"${{env:{name}}}" for name in changed.names) or "a secret"
         raise PlanFileError(
@@ -119,18 +125,75 @@ def plan_from_document(doc: Any, source: str, env: Mapping[str, str] | None = No
             f"{source}: environment variable {missing.name} is not set "
             f"(the plan references ${{env:{missing.name}}})"
         ) from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PlanFileError(f"{source}: malformed saved plan ({exc})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise PlanFileError(f"{source}: malformed saved plan ({_reason(exc)})") from None
+
+
+def _plan_of(doc: dict[str, Any], env: Mapping[str, str]) -> Plan:
+    items = doc["changes"]
+    if not isinstance(items, list):
+        raise ValueError("'changes' must be a list")
+    changes = tuple(_change_from_document(item, env) for item in items)
+    _check_unique(changes)
+    lineage = doc["lineage"]
+    if lineage is not None and not isinstance(lineage, str):
+        raise ValueError("'lineage' must be a string or null")
+    serial = doc["serial"]
+    if not _is_count(serial):
+        raise ValueError("'serial' must be an integer >= 0")
+    prune = doc.get("prune", False)
+    if not isinstance(prune, bool):
+        raise ValueError("'prune' must be true or false")
+    policies = {name: policy_from_document(item) for name, item in _manifests(doc).items()}
     counts = Counter(change.action for change in changes)
     summary = Summary(
         counts[Action.CREATE],
         counts[Action.UPDATE],
         counts[Action.RETRY],
         counts[Action.ORPHAN],
-        int(doc.get("summary", {}).get("unchanged", 0)),
+        _unchanged(doc.get("summary", {})),
         drift=counts[Action.DRIFT],
     )
-    return Plan(lineage, serial, changes, summary, {}, prune, policies)
+    return Plan(lineage or "", serial, changes, summary, {}, prune, policies)
+
+
+def _manifests(doc: dict[str, Any]) -> dict[str, Any]:
+    manifests = doc.get("manifests") or {}
+    if not isinstance(manifests, dict):
+        raise ValueError("'manifests' must be an object")
+    return manifests
+
+
+def _unchanged(summary: object) -> int:
+    if not isinstance(summary, dict):
+        raise ValueError("'summary' must be an object")
+    unchanged = summary.get("unchanged", 0)
+    if not _is_count(unchanged):
+        raise ValueError("'summary.unchanged' must be an integer >= 0")
+    return int(unchanged)
+
+
+def _check_unique(changes: tuple[Change, ...]) -> None:
+    seen: set[str] = set()
+    for change in changes:
+        if change.key in seen:
+            raise ValueError(f"change {_shown(change.key)} appears twice")
+        seen.add(change.key)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=True, default=str)
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing field {_shown(exc.args[0] if exc.args else '')}"
+    return str(exc)
 
 
 def _drift_counts(plan: Plan) -> dict[str, int]:
@@ -173,21 +236,65 @@ def _resolve_saved(template: str, digest: object, env: Mapping[str, str]) -> str
         return verbatim  # not JSON: the sha256 check below reports the mismatch
 
 
-def _change_from_document(item: Mapping[str, Any], env: Mapping[str, str]) -> Change:
+_PRODUCT_ID = re.compile(r"[A-Za-z0-9]{1,32}")  # as the manifest schema
+_DEVICE_NAME = re.compile(r"[A-Za-z0-9_:.\-]{1,48}")
+_TEXT_FIELDS = (
+    "manifest",
+    "source",
+    "payload",
+    "payload_template",
+    "last_error_code",
+    "reason",
+    "observed",
+    "applied_at",
+)
+
+
+def _checked_key(item: Mapping[str, Any], action: Action) -> str:
+    key = item["key"]
+    problem = device_key_problem(key)
+    if problem is not None:
+        raise ValueError(problem)
+    product_id, _, device_name = str(key).partition("/")
+    if action.sends and not (
+        _PRODUCT_ID.fullmatch(product_id) and _DEVICE_NAME.fullmatch(device_name)
+    ):
+        raise ValueError(f"change {_shown(key)}: not a ProductId/DeviceName a manifest can name")
+    return str(key)
+
+
+def _check_fields(key: str, item: Mapping[str, Any], action: Action) -> None:
+    for name in _TEXT_FIELDS:
+        value = item.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"change {_shown(key)}: field '{name}' must be a string or null")
+    for name in ("payload_sha256_after", "payload_sha256_before"):
+        value = item.get(name)
+        if value is not None and not is_sha256(value):
+            raise ValueError(f"change {_shown(key)}: field '{name}' must be a SHA-256 (hex)")
+    if action.sends and item.get("payload_sha256_after") is None:
+        raise ValueError(f"change {_shown(key)}: field 'payload_sha256_after' is missing")
+
+
+def _change_from_document(item: Any, env: Mapping[str, str]) -> Change:
+    if not isinstance(item, dict):
+        raise ValueError("each change must be an object")
     action = Action(item["action"])
+    key = _checked_key(item, action)
+    _check_fields(key, item, action)
     template = item.get("payload_template")
     payload = item.get("payload")
     if isinstance(template, str):
         payload = _resolve_saved(template, item.get("payload_sha256_after"), env)
     if action.sends and not isinstance(payload, str):
-        raise ValueError(f"change {item.get('key')!r} has no payload")
+        raise ValueError(f"change {_shown(key)} has no payload")
     after = item.get("payload_sha256_after")
-    if isinstance(payload, str) and hashlib.sha256(payload.encode()).hexdigest() != after:
+    if isinstance(payload, str) and payload_digest(payload) != after:
         if isinstance(template, str):
-            raise SecretChanged(str(item.get("key")), secrets.references(template))
-        raise ValueError(f"change {item.get('key')!r}: payload does not match its sha256")
+            raise SecretChanged(key, secrets.references(template))
+        raise ValueError(f"change {_shown(key)}: payload does not match its sha256")
     return Change(
-        key=str(item["key"]),
+        key=key,
         action=action,
         manifest=item.get("manifest"),
         source=item.get("source"),

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rrpcsync import jsontext
 from rrpcsync.errors import Diagnostic
 from rrpcsync.manifests.expect import describe as describe_expectation
 from rrpcsync.manifests.explain import Explanation
@@ -116,8 +117,8 @@ def _as_json(text: str | None) -> Any:
     if text is None:
         return None
     try:
-        return json.loads(text)
-    except ValueError:
+        return jsontext.loads(text)
+    except ValueError:  # not JSON (a verbatim payload), or too deep to diff: shown as text
         return text
 
 

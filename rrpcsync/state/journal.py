@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from rrpcsync import jsontext
 from rrpcsync.errors import StateError
 from rrpcsync.model import DeviceRecord
 from rrpcsync.state.files import append_durably, open_for_append, reopen_if_removed
@@ -75,8 +76,8 @@ def _journal_entry(
     if not line.strip():
         return None  # a blank line (an editor's) holds no entry
     try:
-        entry = json.loads(line)
-    except ValueError as exc:  # JSONDecodeError or UnicodeDecodeError
+        entry = jsontext.loads(line, max_depth=None)  # entries are checked field by field
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, or over a limit
         if is_last:  # garbage after a crash (e.g. a block of zeros) where the last write was
             _warn(state, f"{path}:{number}: ignored an invalid last line (a run was killed)")
             return None
@@ -260,7 +261,7 @@ def _end_of_valid_lines(file: BinaryIO, size: int) -> int:
     line = file.read(end - 1 - line_start)
     try:
         if line.strip():
-            json.loads(line)
+            jsontext.loads(line, max_depth=None)
     except ValueError:
         return line_start  # an invalid last line, as replay_journal ignores it
     return end

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rrpcsync import jsontext
 from rrpcsync.errors import StateError
 from rrpcsync.model import DeviceRecord
 from rrpcsync.state.files import append_durably, backup_path, open_for_append, write_atomically
@@ -113,7 +114,7 @@ def _check_unique_keys(path: Path, text: str) -> None:
     """json.loads keeps the last of repeated keys: a second "devices" (or device key) would
     silently hide records, even all of them. Only run when the cheap count above disagrees."""
     try:
-        json.loads(text, object_pairs_hook=_unique_pairs)
+        jsontext.loads(text, max_depth=None, object_pairs_hook=_unique_pairs)
     except _RepeatedKey as exc:
         raise StateError(
             f"the key {json.dumps(exc.args[0], ensure_ascii=False)} appears twice in "
@@ -133,11 +134,13 @@ def _decoded_state(path: Path, raw: bytes) -> str:
 
 def _parse_state_json(path: Path, text: str) -> object:
     try:
-        return json.loads(text)
+        return jsontext.loads(text, max_depth=None)  # the codec checks shapes
     except json.JSONDecodeError as exc:
         raise StateError(
             f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}{_backup_hint(path)}"
         ) from None
+    except ValueError as exc:  # too deep, or a number too long
+        raise StateError(f"{path}: not a usable state file: {exc}{_backup_hint(path)}") from None
 
 
 def _backup_hint(path: Path) -> str:
@@ -303,7 +306,7 @@ class JsonFileStore:
         runs = []
         for number, line in enumerate(lines, 1):
             try:
-                runs.append(RunRecord(**json.loads(line)))
+                runs.append(RunRecord(**jsontext.loads(line)))
             except (ValueError, TypeError, RecursionError):
                 _warn_history(path, number)
         return runs

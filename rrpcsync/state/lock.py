@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rrpcsync import jsontext
 from rrpcsync.errors import LockedError, StateError
 from rrpcsync.state.paths import open_private, read_private, resolve_state_path, unlink_quietly
 
@@ -183,8 +184,8 @@ def read_holder_fd(fd: int) -> dict[str, Any] | None:
 
 def parse_holder(data: bytes) -> dict[str, Any] | None:
     try:
-        holder = json.loads(data)
-    except (ValueError, RecursionError):  # empty, torn, too deep, or not ours
+        holder = jsontext.loads(data)
+    except ValueError:  # empty, torn, too deep, or not ours
         return None
     return holder if isinstance(holder, dict) else None
 

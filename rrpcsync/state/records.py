@@ -14,7 +14,15 @@ from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any, TypeGuard
 
 from rrpcsync.errors import StateError
-from rrpcsync.model import DeviceRecord, ErrorInfo, Status
+from rrpcsync.model import (
+    DeviceRecord,
+    ErrorInfo,
+    Status,
+    device_key_problem,
+    is_sha256,
+    payload_digest,
+)
+from rrpcsync.secrets import MASK as SENSITIVE_MASK
 from rrpcsync.state.store import State
 
 log = logging.getLogger("rrpcsync.state")
@@ -108,7 +116,30 @@ def record_from_dict(key: str, data: object, shared: Shared | None = None) -> De
     `shared` (one dict per load) keeps each repeated text once: a large state repeats a few
     payloads, digests, manifest names, times and replies in every record."""
     record = _plainly_valid_record(data, {} if shared is None else shared)
-    return record if record is not None else _checked_record(key, data)
+    if record is None:
+        record = _checked_record(key, data)
+    _check_hashes(key, record)
+    return record
+
+
+def _check_hashes(key: str, record: DeviceRecord) -> None:
+    """Hashes are SHA-256 hex, and `payload_sha256` is the hash of `payload` (unless the
+    payload is stored masked: then the hash is of the real bytes, which are not stored)."""
+    for name, value in (
+        ("payload_sha256", record.payload_sha256),
+        ("target_sha256", record.target_sha256),
+    ):
+        if value is not None and not is_sha256(value):
+            raise _bad_record(key, f"field '{name}' must be 64 lowercase hex digits or null")
+    payload, digest = record.payload, record.payload_sha256
+    if payload is None or digest is None or SENSITIVE_MASK in payload:
+        return
+    if payload_digest(payload) != digest:
+        raise _bad_record(
+            key,
+            "field 'payload_sha256' is not the SHA-256 of its 'payload' (was the payload "
+            "edited by hand?); remove the device with `rrpcsync state rm` to send it again",
+        )
 
 
 def _plainly_valid_record(data: object, shared: Shared) -> DeviceRecord | None:
@@ -273,9 +304,9 @@ def _bad_field(key: str, name: str, expected: str, value: object) -> StateError:
 
 
 def check_key(key: str) -> None:
-    product_id, slash, device_name = key.partition("/")
-    if not (product_id and slash and device_name) or "/" in device_name:
-        raise StateError(f"device key '{key}' is not of the form ProductId/DeviceName")
+    problem = device_key_problem(key)
+    if problem is not None:
+        raise StateError(problem)
 
 
 # --------------------------------------------------------------------------- JSON text
