@@ -199,9 +199,9 @@ def check_reply(
     """None when the reply passes every check; else why not (one line, no payload values)."""
     if reply_text is None:
         return "the device sent no reply" if reply_base64 is None else "the reply is not UTF-8"
-    document = _loads(reply_text)
+    document, problem = _decoded(reply_text)
     if expectation.require_json and document is MISSING:
-        return f"the reply is not valid JSON: {_short(reply_text)}"
+        return f"the reply is {problem}: {_short(reply_text)}"
     for check in (_check_equals, _check_regex, _check_sha256, _check_fields):
         reason = check(expectation, payload, reply_text, document)
         if reason is not None:
@@ -261,6 +261,16 @@ def _check_fields(expectation: Expectation, payload: str, _text: str, document: 
 @lru_cache(maxsize=256)
 def _regex(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
+
+
+def _decoded(text: str) -> tuple[Any, str]:
+    """(the JSON document or MISSING, why it is missing)."""
+    try:
+        return jsontext.loads(text, parse_constant=_no_constant), ""
+    except jsontext.JsonLimitError as exc:
+        return MISSING, str(exc)
+    except ValueError:
+        return MISSING, "not valid JSON"
 
 
 def _loads(text: str) -> Any:
