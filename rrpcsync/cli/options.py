@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -11,6 +12,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_PATHS = ("configs/",)
 DEFAULT_STATE = "rrpcsync.state.json"
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option: `nan` and `inf` are usage errors (`--timeout inf` would never time
+    out, `--rate nan` would turn pacing off, `--lock-timeout nan` would wait forever)."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+def finite_float(min: float | None = None, max: float | None = None) -> FiniteFloat:
+    """Every float option's type: finite, within [min, max]."""
+    return FiniteFloat(min=min, max=max)
 
 
 def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -35,6 +54,8 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str) -> float | str
         raise click.BadParameter(
             f"{value!r} is neither a number of requests per second nor 'auto'"
         ) from None
+    if not math.isfinite(rate):
+        raise click.BadParameter(f"{value!r} is not a finite number")
     if not rate >= 0.01:
         raise click.BadParameter(f"{value!r} is below 0.01 requests per second")
     return rate
@@ -92,7 +113,7 @@ state_option = _stack(
 
 lock_timeout_option = click.option(
     "--lock-timeout",
-    type=click.FloatRange(min=0),
+    type=finite_float(min=0),
     default=0.0,
     show_default=True,
     metavar="SECONDS",
@@ -220,7 +241,7 @@ login_options = _stack(
     ),
     click.option(
         "--timeout",
-        type=click.FloatRange(min=0.1),
+        type=finite_float(min=0.1),
         default=15.0,
         show_default=True,
         metavar="SECONDS",
@@ -254,7 +275,7 @@ client_options = _stack(
     ),
     click.option(
         "--max-rate",
-        type=click.FloatRange(min=0.01),
+        type=finite_float(min=0.01),
         default=200.0,
         show_default=True,
         help="The ceiling of --rate auto, in requests per second.",
@@ -268,7 +289,7 @@ client_options = _stack(
     ),
     click.option(
         "--retry-backoff",
-        type=click.FloatRange(min=0),
+        type=finite_float(min=0),
         default=0.5,
         show_default=True,
         metavar="SECONDS",
@@ -311,7 +332,7 @@ rollout_options = _stack(
     ),
     click.option(
         "--max-failure-rate",
-        type=click.FloatRange(0, 100),
+        type=finite_float(0, 100),
         default=None,
         metavar="PERCENT",
         help="Abort when more than PERCENT of the results failed (after --min-sample).",

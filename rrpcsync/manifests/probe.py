@@ -7,6 +7,7 @@ No I/O here: the prober that sends probes lives in rrpcsync/drift.py.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -201,6 +202,9 @@ _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+MAX_DURATION_SECONDS = 100 * 365 * 86400.0
+
+
 def parse_duration(text: str) -> float:
     """Seconds in `30m`, `24h`, `7d`, `1h30m`, `2w` (s, m, h, d, w); ValueError otherwise."""
     compact = text.strip().replace(" ", "")
@@ -208,6 +212,8 @@ def parse_duration(text: str) -> float:
     if not compact or "".join(n + u for n, u in parts) != compact:
         raise ValueError(f"{text!r} is not a duration like 30m, 24h, 7d or 1h30m")
     seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"{text!r} is longer than 100 years")
     if seconds <= 0:
         raise ValueError(f"{text!r} is not a positive duration")
     return seconds
