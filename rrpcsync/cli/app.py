@@ -12,6 +12,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 import click
 
 from rrpcsync import __version__
+from rrpcsync.cli.terminal import safe_text
+
+if TYPE_CHECKING:
+    import logging
 
 if TYPE_CHECKING:
     from rrpcsync.cli.settings_file import ConfigFile
@@ -116,15 +120,43 @@ def use_color(choice: str, stream: TextIO) -> bool:
     return stream.isatty()
 
 
+def emit(line: str = "", err: bool = False, color: bool | None = None) -> None:
+    """Print a line of output: every print of rrpcsync goes through here (or `out`/`info`),
+    so control characters and workflow commands in data never reach the terminal raw."""
+    click.echo(safe_text(line), err=err, color=color)
+
+
 def out(line: str = "") -> None:
     # color=True: click would strip the escapes on a pipe; `--color always` asked for them
-    click.echo(line, color=True if settings().color else None)
+    emit(line, color=True if settings().color else None)
 
 
 def info(line: str) -> None:
     """Progress and diagnostics go to stderr; `-q` silences them."""
     if not settings().quiet:
-        click.echo(line, err=True)
+        emit(line, err=True)
+
+
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def log_formatter(verbose: int) -> logging.Formatter:
+    """Log lines as safe as output lines; tracebacks (asyncio's among them) only with -v."""
+    import logging
+
+    class SafeFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            if record.exc_info and not verbose:
+                exc = record.exc_info[1]
+                record = logging.makeLogRecord(
+                    {**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None}
+                )
+                if exc is not None:
+                    record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+                    record.args = None
+            return safe_text(super().format(record))
+
+    return SafeFormatter(LOG_FORMAT)
 
 
 def examples(*lines: str) -> str:
@@ -172,7 +204,9 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, color: str, env_name: str
     ctx.obj = Settings(verbose, quiet and not verbose, use_color(color, sys.stdout), config)
     # -v: rrpcsync's own debug log (requests with the token as ***); -vv: libraries' too
     root_level = logging.DEBUG if verbose >= 2 else logging.WARNING
-    logging.basicConfig(level=root_level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=root_level, format=LOG_FORMAT, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(log_formatter(verbose))
     logging.getLogger("rrpcsync").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from rrpcsync import api
-from rrpcsync.cli.app import cli, examples, info, out, settings
+from rrpcsync.cli.app import cli, emit, examples, info, out, settings
 from rrpcsync.cli.boundary import fail
 from rrpcsync.cli.inputs import (
     connection_from,
@@ -129,7 +129,7 @@ def show_plan(
         the_plan, color=color, prune=the_plan.prune, grouped=detail != "full", rollout=flags
     )
     for line in lines:
-        click.echo(line, err=to_stderr, color=True if color else None)
+        emit(line, err=to_stderr, color=True if color else None)
 
 
 def confirm_or_refuse(auto_approve: bool, what: str = "apply these changes") -> None:
@@ -154,5 +154,5 @@ def apply_exit_code(report: ApplyReport, fatal: str | None) -> ExitCode:
         info("interrupted: the replies received are recorded; run apply again to go on")
         return ExitCode.INTERRUPTED
     if report.aborted:
-        click.echo(f"error: {report.aborted}", err=True)
+        emit(f"error: {report.aborted}", err=True)
     return ExitCode.PARTIAL if report.failed or report.blocked or report.claimed else ExitCode.OK

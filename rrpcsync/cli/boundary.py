@@ -13,11 +13,12 @@ from typing import NoReturn
 
 import click
 
+from rrpcsync.cli.terminal import one_line
 from rrpcsync.errors import ExitCode, RrpcsyncError
 
 
 def fail(message: str, code: ExitCode) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {one_line(message)}", err=True)
     raise SystemExit(int(code))
 
 
@@ -66,12 +67,12 @@ def run_guarded(entry: click.Command, args: Sequence[str] | None = None) -> int:
         exc.show()
         return int(ExitCode.ERROR)  # usage errors are 1, never 2 (2 means "changes present")
     except RrpcsyncError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(str(exc))}", err=True)
         return int(exc.exit_code)
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
     except Exception as exc:  # an rrpcsync bug: short report, traceback only with -v
-        click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"internal error: {type(exc).__name__}: {one_line(str(exc))}", err=True)
         if verbose:
             traceback.print_exc()
         else:

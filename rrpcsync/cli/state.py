@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from rrpcsync import api
+from rrpcsync import api, jsontext
 from rrpcsync.cli.app import FullSummaries, cli, examples, info, out
 from rrpcsync.cli.apply import confirm_or_refuse
 from rrpcsync.cli.inputs import (
@@ -221,8 +221,8 @@ def record_lines(key: str, rec: DeviceRecord) -> list[str]:
 def readable(text: str) -> str:
     """JSON indented; other text as it is, control characters shown as escapes."""
     try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except ValueError:
+        return json.dumps(jsontext.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:  # not JSON, or too deep to indent: shown as text
         return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
 
 

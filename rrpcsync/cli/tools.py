@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import click
 
-from rrpcsync.cli.app import cli, examples, info
+from rrpcsync.cli.app import cli, emit, examples, info
 from rrpcsync.cli.boundary import run_guarded
 from rrpcsync.errors import UsageError
 
@@ -69,5 +69,5 @@ def demo(keep: bool) -> None:
     def run(args: Sequence[str]) -> int:
         return run_guarded(cli, list(args))
 
-    code = run_demo(run, lambda line: click.echo(line), keep=keep)
+    code = run_demo(run, lambda line: emit(line), keep=keep)
     raise SystemExit(code)

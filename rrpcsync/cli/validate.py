@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import click
 
 from rrpcsync import api
-from rrpcsync.cli.app import cli, examples, info, out
+from rrpcsync.cli.app import cli, emit, examples, info, out
 from rrpcsync.cli.options import format_option, manifest_paths, paths_with_excludes
+from rrpcsync.cli.terminal import safe_command
 from rrpcsync.errors import Diagnostic, ExitCode, ManifestError
 from rrpcsync.manifests import loader
 from rrpcsync.planning import render
@@ -21,10 +22,10 @@ def report_diagnostics(error: ManifestError, output_format: str) -> None:
         out(render.diagnostics_json(diags))
     else:
         for diag in diags:
-            click.echo(render.diagnostic_line(diag), err=True)
+            emit(render.diagnostic_line(diag), err=True)
         if output_format == "github" or os.environ.get("GITHUB_ACTIONS") == "true":
             for diag in diags:
-                out(render.github_annotation(diag))
+                click.echo(safe_command(render.github_annotation(diag)))
     info(f"{len(diags)} error(s); {error.summary}" if error.summary else f"{len(diags)} error(s)")
 
 
@@ -61,7 +62,7 @@ def report_warnings(warnings: Sequence[Diagnostic], output_format: str) -> None:
         info(render.diagnostic_line(diag, "warning"))
     if output_format == "github" or os.environ.get("GITHUB_ACTIONS") == "true":
         for diag in warnings:
-            out(render.github_annotation(diag, "warning"))
+            click.echo(safe_command(render.github_annotation(diag, "warning")))
 
 
 @cli.command(epilog=examples("rrpcsync schema > rrpcsync.schema.json"))

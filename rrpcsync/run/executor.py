@@ -277,16 +277,23 @@ class GroupCommit:
         await asyncio.shield(future)
 
     async def _flush_loop(self) -> None:
+        """Each waiter gets its batch's outcome; a failed write (disk full) fails every waiter,
+        those that queued meanwhile too. The loop itself never ends with an exception, which
+        nobody would retrieve (asyncio would print "Task exception was never retrieved")."""
         while self.batch:
             batch, waiters = self.batch, self.waiters
             self.batch, self.waiters = [], []
             try:
                 await asyncio.to_thread(self.journal.append_many, batch)
             except BaseException as exc:
+                waiters += self.waiters
+                self.batch, self.waiters = [], []
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_exception(exc)
-                raise
+                if not isinstance(exc, Exception):
+                    raise
+                return
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -325,6 +332,7 @@ class Executor:
         self.unreached_streak = 0  # consecutive requests that never reached the cloud
         self.broken_after = broken_after(options, len(changes))
         self.recording: set[asyncio.Future[None]] = set()
+        self.recording_error: BaseException | None = None
         # sees each final outcome at once (before it is durable): rollout abort criteria
         self.on_result: Callable[[Change, ApiResult], None] | None = None
 
@@ -346,8 +354,29 @@ class Executor:
             raise
         finally:
             self._account_unsent(queue)
-            await asyncio.gather(*self.recording)  # replies already received are never dropped
+            await self._drain_recording()  # replies already received are never dropped
+        # every task's exception is retrieved: the first one (a journal that cannot be
+        # written: disk full) ends the run, and asyncio prints no "never retrieved" traceback
+        if self.recording_error is not None:
+            raise self.recording_error
         return self.report
+
+    async def _drain_recording(self) -> None:
+        while self.recording:
+            await asyncio.gather(*self.recording, return_exceptions=True)
+
+    def _track(self, task: asyncio.Future[None]) -> None:
+        self.recording.add(task)
+        task.add_done_callback(self._recorded)
+
+    def _recorded(self, task: asyncio.Future[None]) -> None:
+        self.recording.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and self.recording_error is None:
+            self.recording_error = error
+            self.stop()  # the journal failed: send nothing more
 
     def stop(self) -> None:
         self.stopping = True
@@ -369,6 +398,9 @@ class Executor:
                 await self._send(change)
             except asyncio.CancelledError:
                 self.report.unknown.append(change.key)
+                raise
+            except Exception:
+                self.stop()  # e.g. the journal cannot be written: the other workers stop too
                 raise
 
     async def _send(self, change: Change) -> None:
@@ -460,8 +492,7 @@ class Executor:
         if self.on_result is not None:
             self.on_result(change, result)
         task = asyncio.ensure_future(self._count_when_durable(change.key, record, result))
-        self.recording.add(task)
-        task.add_done_callback(self.recording.discard)
+        self._track(task)
 
     def _keep_previous(self, key: str, previous: DeviceRecord | None, result: ApiResult) -> None:
         """Not the device's outcome: its record goes back to what it was before the run."""
@@ -473,8 +504,7 @@ class Executor:
             return
         self.results[key] = previous
         task = asyncio.ensure_future(self._restore_when_durable(key, previous, result))
-        self.recording.add(task)
-        task.add_done_callback(self.recording.discard)
+        self._track(task)
 
     async def _restore_when_durable(
         self, key: str, previous: DeviceRecord, result: ApiResult
