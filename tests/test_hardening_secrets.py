@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rrpcsync import secrets
+from rrpcsync.cloud.login import resolve_auth
 from rrpcsync.cloud.results import SNIPPET_CHARS, clean_text, parse_response, redact
 from rrpcsync.cloud.settings import check_endpoint, resolve_token, shown_url
 from rrpcsync.errors import ConfigError
@@ -139,6 +140,19 @@ def test_the_login_helpers_values_are_masked_once_registered() -> None:
 # --------------------------------------------------------------------------- endpoints
 
 
+def test_credentials_with_control_characters_are_refused_naming_the_source() -> None:
+    env = {
+        "RRPCSYNC_APP_KEY": "key-1",
+        "RRPCSYNC_APP_SECRET": "secret\x1b]0;x",
+        "RRPCSYNC_USER": "user@example.com",
+        "RRPCSYNC_PASSWORD": "pw",
+    }
+    with pytest.raises(ConfigError) as caught:
+        resolve_auth(env)
+    assert "RRPCSYNC_APP_SECRET" in str(caught.value) and "secret" not in str(caught.value)[:8]
+    assert "\x1b" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -175,7 +189,7 @@ def test_apply_with_userinfo_in_the_endpoint_is_one_clear_line(
     url = "http://admin:hunter2@127.0.0.1:1/api"
     result = run(capsys, "apply", "configs", "--auto-approve", "--endpoint", url)
     assert result.code == 1
-    assert len(result.err_lines) == 1, result.err
+    assert [line for line in result.err_lines if line.startswith("error:")] == result.err_lines[-1:]
     assert "hunter2" not in result.out + result.err
     assert "Traceback" not in result.err
 
@@ -198,7 +212,7 @@ def test_a_bad_token_is_refused_before_anything_is_journaled(
     result = run(capsys, "apply", "configs", "--auto-approve", "--endpoint", emu.url)
     assert result.code == 1
     assert "RRPCSYNC_ACCESS_TOKEN" in result.err
-    assert len(result.err_lines) == 1, result.err
+    assert [line for line in result.err_lines if line.startswith("error:")] == result.err_lines[-1:]
     assert not list(tmp_path.glob("*.journal"))
     assert not (tmp_path / "rrpcsync.state.json").exists()
     assert emu.stats()["requests_total"] == 0
@@ -213,8 +227,11 @@ def test_a_token_file_readable_by_others_gets_a_warning(
         assert resolve_token({}, str(path)) == "tok-from-file"
     assert f"access token file {path} is accessible by group or others" in caplog.text
     assert "tok-from-file" not in caplog.text
+    auth = resolve_auth({}, token_file=str(path))
+    assert any("access token file" in note and "accessible" in note for note in auth.notes)
     caplog.clear()
     os.chmod(path, 0o600)
+    assert not resolve_auth({}, token_file=str(path)).notes
     with caplog.at_level(logging.WARNING, logger="rrpcsync"):
         resolve_token({}, str(path))
     assert "accessible" not in caplog.text

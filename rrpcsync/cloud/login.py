@@ -46,7 +46,7 @@ import httpx
 from rrpcsync import __version__
 from rrpcsync.cloud.client import transport_error_code
 from rrpcsync.cloud.results import clean_text, redact, snippet
-from rrpcsync.cloud.settings import check_endpoint
+from rrpcsync.cloud.settings import check_endpoint, check_secret_text, shown_url
 from rrpcsync.cloud.tokens import StaticToken, TokenError, TokenSource
 from rrpcsync.cloud.transport import AiohttpTransport
 from rrpcsync.errors import ConfigError
@@ -189,6 +189,27 @@ def resolve_auth(
     credentials_file: str | None = None,
     token_file: str | None = None,
 ) -> Auth:
+    """`find_auth`, its secrets registered for redaction and checked to be printable UTF-8
+    text, before anything is sent or journaled (a message names the source, never a value)."""
+    auth = find_auth(env, credentials_file, token_file)
+    if isinstance(auth, StaticAuth):
+        check_secret_text(auth.token, f"the access token from {auth.source}")
+        return auth
+    given = auth.credentials
+    for name, value in (
+        (APP_KEY_ENV, given.app_key),
+        (APP_SECRET_ENV, given.app_secret),
+        (PASSWORD_ENV, given.password),
+    ):
+        check_secret_text(value, f"{name} from {auth.source}")
+    return auth
+
+
+def find_auth(
+    env: Mapping[str, str],
+    credentials_file: str | None = None,
+    token_file: str | None = None,
+) -> Auth:
     """The credentials to use, in this order (docs/auth.md):
 
     1. `--access-token-file FILE`: a static token;
@@ -200,7 +221,8 @@ def resolve_auth(
     if token_file is not None and credentials_file is not None:
         raise ConfigError("pass either --access-token-file or --credentials-file, not both")
     if token_file is not None:
-        return StaticAuth(_read_token_file(token_file), f"--access-token-file {token_file}")
+        notes = _permission_warnings(token_file, "access token file")
+        return StaticAuth(_read_token_file(token_file), f"--access-token-file {token_file}", notes)
     if credentials_file is not None:
         values, notes = read_credentials_file(credentials_file)
         credentials = _credentials(values, f"{credentials_file}: ")
@@ -270,7 +292,7 @@ def _credentials_line(line: str, where: str) -> tuple[str, str] | None:
     return key, value
 
 
-def _permission_warnings(path: str) -> tuple[str, ...]:
+def _permission_warnings(path: str, what: str = "credentials file") -> tuple[str, ...]:
     if os.name != "posix":
         return ()
     try:
@@ -279,7 +301,7 @@ def _permission_warnings(path: str) -> tuple[str, ...]:
         return ()
     if mode & 0o077:
         return (
-            f"warning: credentials file {path} is accessible by group or others "
+            f"warning: {what} {path} is accessible by group or others "
             f"(mode {mode:04o}); run chmod 600 {path}",
         )
     return ()
@@ -341,7 +363,8 @@ def resolve_endpoints(
     warnings = check_endpoint(rrpc, allow_insecure)
     if check_endpoint(login, allow_insecure):
         warnings.append(
-            f"login endpoint {login} is not https: the password and the token travel in clear text"
+            f"login endpoint {shown_url(login)} is not https: the password and the token travel "
+            "in clear text"
         )
     return Endpoints(rrpc, login, base.site), warnings
 
