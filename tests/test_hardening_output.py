@@ -4,6 +4,7 @@ everything printed; a full disk while journaling stops the run without a traceba
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 from pathlib import Path
@@ -54,10 +55,17 @@ def hostile_fleet(
 def test_plan_text_and_markdown_escape_payloads(
     capsys: pytest.CaptureFixture[str], hostile_fleet: tuple[Path, str]
 ) -> None:
+    folder, _ = hostile_fleet
     for fmt in ("text", "markdown", "json"):
         result = run(capsys, "plan", "configs", "--format", fmt)
         assert result.code == 0, result.err
         assert_safe(result.out + result.err)
+    result = run(capsys, "plan", "configs", "--out", "plan.json", "--out-markdown", "plan.md")
+    assert result.code == 0, result.err
+    markdown = (folder / "plan.md").read_text()
+    assert "\x1b" not in markdown and "\x07" not in markdown
+    saved = json.loads((folder / "plan.json").read_text())
+    assert "\x1b]0;title\x07" in saved["changes"][0]["payload"]  # the same payload, escaped
 
 
 def test_apply_summary_and_state_commands_escape_replies(

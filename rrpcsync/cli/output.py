@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rrpcsync.cli.app import info, out, settings
+from rrpcsync.cli.terminal import escape_controls
 from rrpcsync.errors import UsageError
 from rrpcsync.model import Plan
 from rrpcsync.planning import render
@@ -26,9 +27,12 @@ def write_plan_outputs(
     grouped = detail != "full"
     doc = plan_document(plan, created_at=utc_now())
     if out_path:
-        write_text_file(Path(out_path), json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        text = escape_controls(json.dumps(doc, indent=2, ensure_ascii=False))
+        write_text_file(Path(out_path), text + "\n")
         info(f"saved plan to {out_path}; apply it with `rrpcsync apply {out_path}`")
-    markdown = render.plan_markdown(plan, grouped=grouped)
+    # files and the job summary get control characters escaped too (a PR comment is read by
+    # people); \uXXXX escapes keep the saved plan the same JSON
+    markdown = escape_controls(render.plan_markdown(plan, grouped=grouped))
     if md_path:
         write_text_file(Path(md_path), markdown)
     append_step_summary(markdown)
