@@ -24,6 +24,7 @@ from rrpcsync.state.records import (
     VERSION,
     Shared,
     check_key,
+    check_record_hashes,
     field_set_problem,
     gc_paused,
     is_int,
@@ -186,7 +187,8 @@ def _records(devices: dict[str, object]) -> dict[str, DeviceRecord]:
     shared: Shared = {}  # equal texts kept once (at 1M devices: about a fifth of the memory)
     for key, data in devices.items():
         check_key(key)
-        records[key] = record_from_dict(key, data, shared)
+        records[key] = record_from_dict(key, data, shared, check_hashes=False)
+    check_record_hashes(records)
     return records
 
 
