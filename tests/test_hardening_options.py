@@ -71,6 +71,21 @@ def test_non_finite_values_are_usage_errors(
     assert "Traceback" not in result.err
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
+def test_rate_refuses_non_finite_values(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    value: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "configs" / "m.yaml", manifest_text())
+    for command in ("plan", "apply", "drift"):
+        result = run(capsys, command, f"--rate={value}")
+        assert result.code == 1, (command, result.err)
+        assert "is not a finite number" in result.err
+
+
 def test_a_resync_after_too_long_is_refused(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

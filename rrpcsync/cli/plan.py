@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from rrpcsync import api
-from rrpcsync.cli.app import cli, examples, info
+from rrpcsync.cli.app import cli, emit, examples, info
 from rrpcsync.cli.inputs import (
     connection_from,
     drift_from,
@@ -113,7 +113,7 @@ def show_explanation(planned: api.Planned, key: str) -> None:
     now = datetime.now(timezone.utc)
     schedule = schedule_text(policy.windows if policy else (), now)
     for line in render.explanation_lines(explained, change, schedule):
-        click.echo(line)
+        emit(line)
 
 
 @cli.command(
