@@ -36,7 +36,7 @@ def float_options() -> list[tuple[str, str]]:
 
 def test_every_float_option_is_a_finite_float() -> None:
     options = float_options()
-    assert ("apply", "--rate") in options and ("apply", "--lock-timeout") in options
+    assert ("apply", "--max-rate") in options and ("apply", "--lock-timeout") in options
     for command, option in options:
         param = next(
             p for p in _command(command).params if isinstance(p, click.Option) and option in p.opts
