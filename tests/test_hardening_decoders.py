@@ -405,3 +405,35 @@ def test_fuzz_saved_plans(doc: dict[str, Any]) -> None:
         plan_from_document(doc, "plan.json")
     except RrpcsyncError as exc:
         assert str(exc).startswith("plan.json:") and "\n" not in str(exc)
+
+
+@FUZZ
+@given(text=hostile_texts())
+def test_fuzz_lock_holders(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    state = tmp_path_factory.mktemp("l") / "s.json"
+    lock_path(state).write_text(text, errors="surrogatepass")
+    holder = read_holder(state)
+    assert holder is None or isinstance(holder, dict)
+
+
+@FUZZ
+@given(text=hostile_texts(), status=st.sampled_from([200, 401, 502]))
+def test_fuzz_login_responses(text: str, status: int) -> None:
+    from rrpcsync.cloud.login import parse_login_response
+
+    wrapped = json.dumps({"Response": {"Data": {"Token": text, "ExpireAt": text}}})
+    for body in (text.encode("utf-8", "surrogatepass"), wrapped.encode()):
+        parse_login_response(status, body, user="u@example.com", obtained_at=0.0)
+
+
+@FUZZ
+@given(lines=st.lists(hostile_texts(), max_size=3))
+def test_fuzz_run_history(tmp_path_factory: pytest.TempPathFactory, lines: list[str]) -> None:
+    from rrpcsync.state import JsonFileStore
+
+    state = tmp_path_factory.mktemp("h") / "s.json"
+    (state.parent / "s.json.history").write_text("\n".join(lines), errors="surrogatepass")
+    try:
+        JsonFileStore(state).runs()
+    except StateError as exc:
+        assert str(state.parent) in str(exc) and "\n" not in str(exc)

@@ -548,11 +548,17 @@ def _session_of(data: Any, status: int, user: str, obtained_at: float) -> Sessio
     expire_at = data.get("ExpireAt") if isinstance(data, dict) else None
     if not isinstance(token, str) or not token:
         return _Refusal("Protocol.UnexpectedShape", "response Data has no Token", status)
-    if isinstance(expire_at, str) and expire_at.isdigit():
-        expire_at = int(expire_at)
+    if isinstance(expire_at, str) and expire_at.isascii() and expire_at.isdigit():
+        expire_at = int(expire_at) if len(expire_at) <= 20 else None
     if isinstance(expire_at, bool) or not isinstance(expire_at, (int, float)):
         return _Refusal("Protocol.UnexpectedShape", "response Data has no ExpireAt", status)
-    return Session(token, float(expire_at), obtained_at, user)
+    try:
+        expires = float(expire_at)
+    except OverflowError:  # an integer with hundreds of digits
+        expires = math.inf
+    if not math.isfinite(expires):
+        return _Refusal("Protocol.UnexpectedShape", "response Data has no usable ExpireAt", status)
+    return Session(token, expires, obtained_at, user)
 
 
 # --------------------------------------------------------------------------- token sources
