@@ -235,3 +235,16 @@ def test_plan_out_replaces_a_regular_file_and_keeps_it_private(
     assert result.code == 0, result.err
     assert json.loads(out.read_text())["format"]
     assert mode(out) == 0o600
+
+
+def test_report_html_never_overwrites_the_state(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    configs = write(tmp_path / "configs" / "m.yaml", manifest_text())
+    state = tmp_path / "s.json"
+    saved_state(state)
+    before = state.read_bytes()
+    result = run(capsys, "report", str(configs), "--state", str(state), "--html", str(state))
+    assert result.code == 1
+    assert "refusing to write --html" in result.err
+    assert state.read_bytes() == before

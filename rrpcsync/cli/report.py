@@ -10,7 +10,7 @@ from rrpcsync import api
 from rrpcsync.cli.app import cli, examples, info, out
 from rrpcsync.cli.inputs import store_from
 from rrpcsync.cli.options import format_option, paths_argument, report_options, state_option
-from rrpcsync.cli.output import append_step_summary, write_text_file
+from rrpcsync.cli.output import append_step_summary, refuse_clobbering, write_text_file
 from rrpcsync.cli.validate import report_diagnostics
 from rrpcsync.errors import ExitCode, ManifestError
 from rrpcsync.report.html import render_html
@@ -42,8 +42,10 @@ def report(
     history. Prints a summary (--format) and, with --html, writes one self-contained page.
     Reads the state but never writes it. Invalid manifests print the validate output, exit 1.
     """
+    store = store_from(state_path)
+    refuse_clobbering(store, [("--html", html_path)])
     try:
-        fleet = api.fleet_report(paths, store_from(state_path), group_by=group_by or None)
+        fleet = api.fleet_report(paths, store, group_by=group_by or None)
     except ManifestError as error:
         report_diagnostics(error, "text")
         raise SystemExit(ExitCode.ERROR) from None

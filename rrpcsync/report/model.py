@@ -9,7 +9,6 @@ declares any more are `orphaned`, counted apart (they have no desired payload to
 from __future__ import annotations
 
 import enum
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from rrpcsync import jsontext
 from rrpcsync.manifests import probe as probes
 from rrpcsync.model import DesiredDevice, DeviceRecord, Status
 from rrpcsync.state.store import RunRecord, State, utc_now
@@ -197,8 +197,8 @@ def is_drifted(device: DesiredDevice, record: DeviceRecord) -> bool:
     if observed == desired:
         return False
     try:
-        reported: Any = json.loads(observed)
-    except ValueError:
+        reported: Any = jsontext.loads(observed)
+    except ValueError:  # not JSON, or over the depth limit: compared as text
         reported = observed
     ignore = device.probe.ignore if device.probe is not None else ()
     return not probes.compare(desired, reported, ignore).matches
