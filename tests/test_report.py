@@ -22,7 +22,15 @@ import pytest
 
 from rrpcsync import api
 from rrpcsync.manifests.loader import load_manifests
-from rrpcsync.model import DesiredDevice, DeviceRecord, ErrorInfo, Probe, Status, Summary
+from rrpcsync.model import (
+    DesiredDevice,
+    DeviceRecord,
+    ErrorInfo,
+    Probe,
+    Status,
+    Summary,
+    payload_digest,
+)
 from rrpcsync.planning.render import mermaid_pie, plan_chart
 from rrpcsync.report import html as report_html
 from rrpcsync.report.html import render_html
@@ -163,7 +171,7 @@ def fleet(
     state.put("P1/t5", state.devices["P1/t5"]._replace(status=Status.PENDING))
     observed = json.dumps({"method": "set_volume", "volume": 9}, separators=(",", ":"))
     state.put("P2/s3", state.devices["P2/s3"]._replace(observed=observed))
-    state.put("P9/gone", DeviceRecord(Status.APPLIED, "0" * 64, "{}", manifest="gone"))
+    state.put("P9/gone", DeviceRecord(Status.APPLIED, payload_digest("{}"), "{}", manifest="gone"))
     with store.lock("test"):
         store.save(state)
     for number, ci in enumerate(("https://github.com/acme/fleet/actions/runs/7", HOSTILE_CI)):
@@ -274,7 +282,7 @@ def test_search_finds_a_device_and_filters_by_error_code(
 
 def test_hostile_names_codes_and_replies_are_text(fleet: Path, open_page: OpenPage) -> None:
     # The JSON file refuses such a key; another store need not: the page must not care.
-    orphan = DeviceRecord(Status.APPLIED, "0" * 64, "{}", manifest=HOSTILE_LABEL)
+    orphan = DeviceRecord(Status.APPLIED, payload_digest("{}"), "{}", manifest=HOSTILE_LABEL)
     store = WithRecords(open_store("rrpcsync.state.json"), {HOSTILE_KEY: orphan})
     groups = [parse_group_by("label:site")]
     page_file = fleet / "report.html"
