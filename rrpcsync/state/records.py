@@ -170,7 +170,7 @@ def _check_hashes(key: str, record: DeviceRecord) -> None:
         raise _bad_record(
             key,
             "field 'payload_sha256' is not the SHA-256 of its 'payload' (was the payload "
-            "edited by hand?); remove the device with `rrpcsync state rm` to send it again",
+            "edited by hand?); undo the edit, or restore the state's .backup",
         )
 
 
