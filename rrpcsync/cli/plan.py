@@ -92,7 +92,7 @@ def plan(
     shown). Changes outside their manifest's maintenance windows show as deferred. Invalid
     manifests print the validate output, exit 1. --explain KEY prints one device's layers.
     """
-    refuse_clobbering(api.open_store(state_path), plan_outputs(out_path, md_path))
+    refuse_clobbering(store_from(state_path), plan_outputs(out_path, md_path))
     selection = selection_from(targets, excludes, selectors)
     planned = plan_and_show(
         paths, state_path, selection, prune, {**options, "only_failed": only_failed}
@@ -148,7 +148,7 @@ def drift(
     recorded one (create, update); devices only waiting for a retry are listed but exit 0.
     Exit 1 on errors.
     """
-    refuse_clobbering(api.open_store(state_path), plan_outputs(out_path, md_path))
+    refuse_clobbering(store_from(state_path), plan_outputs(out_path, md_path))
     selection = selection_from(targets, excludes, selectors)
     planned = plan_and_show(paths, state_path, selection, False, {**options, "refresh": True})
     write_plan_outputs(planned.plan, output_format, out_path, md_path, detail)

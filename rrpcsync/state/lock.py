@@ -22,7 +22,8 @@ from typing import Any
 
 from rrpcsync import jsontext
 from rrpcsync.errors import LockedError, StateError
-from rrpcsync.state.paths import open_private, read_private, resolve_state_path, unlink_quietly
+from rrpcsync.state.paths import open_private, read_private, resolve_state_path
+from rrpcsync.state.paths import unlink_quietly as unlink_quietly  # re-exported (stores use it)
 
 log = logging.getLogger("rrpcsync.state")
 
