@@ -57,7 +57,8 @@ def loads(text: str | bytes, max_depth: int | None = MAX_DEPTH, **options: Any) 
     try:
         value = json.loads(text, **options)
     except RecursionError:
-        raise JsonLimitError(f"nested more than {max_depth or MAX_DEPTH} levels deep") from None
+        limit = f"more than {max_depth} levels deep" if max_depth else "too deeply to read"
+        raise JsonLimitError(f"nested {limit}") from None
     except json.JSONDecodeError:
         raise
     except ValueError as exc:

@@ -227,7 +227,7 @@ def state_text(**overrides: Any) -> str:
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ('{"format": ' + "[" * 5000 + "]" * 5000 + "}", "nested more than"),
+        ('{"format": ' + "[" * 5000 + "]" * 5000 + "}", "nested too deeply to read"),
         (state_text().replace('"serial": 1', '"serial": ' + "9" * 4400), "4,300 digits"),
         (
             state_text().replace('"payload": "{\\"a\\":1}"', '"payload": "{\\"a\\":2}"'),
