@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from rrpcsync.errors import LockedError, StateError, UsageError
-from rrpcsync.model import DeviceRecord, ErrorInfo, Status
+from rrpcsync.model import DeviceRecord, ErrorInfo, Status, payload_digest
 from rrpcsync.state import JsonFileStore, RunRecord, State, open_store
 from rrpcsync.state.jsonfile import encode_state, load_state, save_state
 from rrpcsync.state.postgres import PostgresStore, public_url
@@ -32,11 +32,12 @@ from tests import pgserver
 ROOT = Path(__file__).resolve().parent.parent
 LINEAGE = "6f1c0a52-5d7e-4c1b-9d1e-0a4b7a0000aa"
 
+APPLIED_PAYLOAD = '{"method":"set","params":{"name":"温度","unit":"°C"}}'
 APPLIED = DeviceRecord(
     status=Status.APPLIED,
-    payload_sha256="a" * 64,
-    payload='{"method":"set","params":{"name":"温度","unit":"°C"}}',
-    target_sha256="a" * 64,
+    payload_sha256=payload_digest(APPLIED_PAYLOAD),  # the loaders check it
+    payload=APPLIED_PAYLOAD,
+    target_sha256=payload_digest(APPLIED_PAYLOAD),
     request_id="req-1",
     message_id=74,
     reply_base64="QUJDRA==",
@@ -56,7 +57,7 @@ FAILED = DeviceRecord(
 PENDING = DeviceRecord(status=Status.PENDING, target_sha256="c" * 64, attempts=1, manifest="m")
 ODD = DeviceRecord(  # what a store must keep exactly: NUL, a lone surrogate, probe fields
     status=Status.APPLIED,
-    payload_sha256="d" * 64,
+    payload_sha256=payload_digest('"nul \x00 and \ud800 lone"'),
     payload='"nul \x00 and \ud800 lone"',
     reply_text='tab\tnewline\n\\ "quoted"',
     attempts=2,
