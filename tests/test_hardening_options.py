@@ -102,3 +102,31 @@ def test_finite_values_still_work(
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "configs" / "m.yaml", manifest_text())
     assert run(capsys, "plan", "--timeout", "3", "--rate", "5.5").code == 0
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+inf"])
+@pytest.mark.parametrize("key", ["rate", "timeout", "rollout.max-failure-rate"])
+def test_the_config_file_refuses_non_finite_numbers(tmp_path: Path, key: str, value: str) -> None:
+    from rrpcsync.cli.settings_file import load_config
+    from rrpcsync.errors import UsageError
+
+    path = tmp_path / "rrpcsync.toml"
+    path.write_text(f"{key} = {value}\n")
+    try:
+        load_config(path, None)
+    except UsageError as exc:
+        assert str(exc).startswith(f"{path}:1: {key} must be "), str(exc)
+    else:
+        raise AssertionError(f"{key} = {value} was accepted")
+
+
+def test_a_config_file_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    from rrpcsync.cli.settings_file import load_config
+    from rrpcsync.errors import UsageError
+
+    path = tmp_path / "rrpcsync.toml"
+    os.mkfifo(path)
+    with pytest.raises(UsageError, match="not a regular file"):
+        load_config(path, None)

@@ -7,6 +7,7 @@ config file (an `[env.NAME]` section over the top level), then the built-in defa
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rrpcsync.errors import UsageError
+from rrpcsync.errors import ManifestError, UsageError
+from rrpcsync.manifests.files import read_manifest_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,7 +34,8 @@ Check = Callable[[Any], str | None]  # a problem with the value, or None
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number: TOML's `nan` and `inf` are refused, as on the command line."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _string(value: Any) -> str | None:
@@ -195,9 +198,11 @@ def load_config(path: Path | None, env: str | None) -> ConfigFile:
 
 
 def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    try:  # a regular file of bounded size (a FIFO named rrpcsync.toml must not hang)
+        return read_manifest_file(path).decode("utf-8")
+    except ManifestError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.diagnostics[0].message}") from None
+    except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: cannot read: {exc}") from None
 
 
