@@ -156,7 +156,8 @@ def test_a_wrong_password_is_answered_like_the_cloud(emu: Emulator) -> None:
     }
 
 
-@pytest.mark.parametrize(("skew", "ok"), [(-301, False), (-290, True), (290, True), (301, False)])
+# well past the 300 s edge on both sides, so a slow (loaded) machine cannot move a case across it
+@pytest.mark.parametrize(("skew", "ok"), [(-330, False), (-270, True), (270, True), (330, False)])
 def test_timestamps_more_than_300_s_off_are_refused(emu: Emulator, skew: int, ok: bool) -> None:
     answer = post(emu, email_login(int(time.time()) + skew, 20 + skew + 400))
     expected = None if ok else "InvalidParameterValue.TimestampExpired"
