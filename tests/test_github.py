@@ -625,6 +625,20 @@ def test_drift_workflow() -> None:
     report_steps_run_always(workflow)
 
 
+@pytest.mark.parametrize("path", sorted(EXAMPLES_GITHUB.glob("*.yml")), ids=lambda p: p.name)
+def test_every_apply_workflow_keeps_the_fleet_report(path: Path) -> None:
+    workflow = load(path)
+    applies = [s for s in steps_of(workflow) if s.get("with", {}).get("command") == "apply"]
+    if not applies:
+        return
+    report = action_step(workflow, "report")
+    assert report["if"].startswith("always()") and "--html rrpcsync-report.html" in str(report)
+    upload = step_named(workflow, "Keep the fleet report as an artifact")
+    assert upload["if"].startswith("always()") and upload["with"]["path"] == "rrpcsync-report.html"
+    names = [step.get("name") for step in steps_of(workflow)]
+    assert names.index("Fleet report") > max(names.index(a.get("name")) for a in applies)
+
+
 def report_steps_run_always(workflow: Mapping[str, Any]) -> None:
     """After apply and drift: the fleet report, kept as an artifact, whatever happened."""
     report = action_step(workflow, "report")
