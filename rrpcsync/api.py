@@ -240,10 +240,14 @@ def plan_manifests(
     Changes of manifests outside their maintenance windows are deferred (`windows`).
     """
     from rrpcsync.planning.planner import make_plan
+    from rrpcsync.state.store import SummaryLoading
 
     selection = selection or Selection()
     _refuse_saved_plan(paths, "plan")
-    desired, state = loader.load_manifests_while(paths or DEFAULT_PATHS, store.load)
+    probing = drift is not None and drift.active
+    summary = isinstance(store, SummaryLoading) and not record_observations and not probing
+    load = store.load_summary if isinstance(store, SummaryLoading) and summary else store.load
+    desired, state = loader.load_manifests_while(paths or DEFAULT_PATHS, load)
     if not desired.ok:
         raise ManifestError(desired.diagnostics, loader.summary_line(desired))
     problems = unmatched(selection, desired.devices, state.devices)
@@ -254,15 +258,28 @@ def plan_manifests(
         say(f"no state at {state.location}: all {len(desired.devices)} declared devices are new")
     if only_failed:  # the state's failed devices, read under the same load
         selection = selection.only(failed_keys(state.devices))
-    plan = make_plan(
-        desired.devices,
-        state.devices,
-        lineage=state.lineage if state.exists else NEW_STATE,
-        serial=state.serial,
-        prune=prune,
-        selection=selection,
-        policies=declared_policies(desired.manifests),
-    )
+
+    def diff(state: State) -> Plan:
+        return make_plan(
+            desired.devices,
+            state.devices,
+            lineage=state.lineage if state.exists else NEW_STATE,
+            serial=state.serial,
+            prune=prune,
+            selection=selection,
+            policies=declared_policies(desired.manifests),
+        )
+
+    plan = diff(state)
+    if summary and isinstance(store, SummaryLoading):
+        changed = {c.key: state.devices[c.key] for c in plan.changes if c.key in state.devices}
+        full = store.full_records(changed)
+        if full is None:  # another run wrote some of them since: plan from the full state
+            state = store.load()
+            plan = diff(state)
+        else:
+            state.devices.update(full)
+            plan = _with_full_records(plan, full)
     if new_state:
         plan = dataclasses.replace(plan, new_state=state.location)
     if drift is not None and drift.active:
@@ -276,6 +293,24 @@ def plan_manifests(
             record_observations,
         )
     return Planned(state, (windows or Windows()).apply(plan), manifests=desired)
+
+
+def _with_full_records(plan: Plan, full: Mapping[str, DeviceRecord]) -> Plan:
+    """A plan made from summaries, completed from the full records of the devices it changes:
+    what they last acknowledged (`payload_before`) and, if sent, their last request id."""
+    from rrpcsync.planning.planner import orphan_change
+
+    def completed(change: Change) -> Change:
+        record = full.get(change.key)
+        if record is None:
+            return change
+        if change.action is Action.ORPHAN:
+            return orphan_change(change.key, record)
+        return replace(
+            change, payload_before=record.payload, base_request_id=record.request_id or ""
+        )
+
+    return replace(plan, changes=tuple(completed(change) for change in plan.changes))
 
 
 def check_drift(

@@ -6,7 +6,15 @@
 from __future__ import annotations
 
 from rrpcsync.state.jsonfile import JsonFileStore
-from rrpcsync.state.store import Recorder, RunRecord, State, StateStore, new_lineage, utc_now
+from rrpcsync.state.store import (
+    Recorder,
+    RunRecord,
+    State,
+    StateStore,
+    SummaryLoading,
+    new_lineage,
+    utc_now,
+)
 
 __all__ = [
     "JsonFileStore",
@@ -14,6 +22,7 @@ __all__ = [
     "RunRecord",
     "State",
     "StateStore",
+    "SummaryLoading",
     "new_lineage",
     "open_store",
     "utc_now",

@@ -97,6 +97,11 @@ _UPSERT_DEVICE = (
     + ", ".join(f"{name} = excluded.{name}" for name in _FIELD_COLUMNS)
 )
 _STATUS_BY_VALUE = {status.value: status for status in Status}
+# What `plan` reads of every device (`load_summary`): the rest (payloads, replies, times) is
+# fetched for the devices a plan changes only.
+_SUMMARY_COLUMNS = (
+    "key, serial, status, payload_sha256, target_sha256, attempts, error_code, manifest, record"
+)
 _RUN_COLUMNS = (
     "started_at, finished_at, command, ci_url, commit_sha, sent, applied, failed,"
     " failed_by_code, counts"
@@ -186,6 +191,35 @@ def record_from_row(row: Sequence[Any]) -> DeviceRecord:
         raise StateError(f"device '{key}': stored status {row[2]!r} is not a status")
     error = None if row[12] is None else ErrorInfo(row[12], row[13], row[14])
     return DeviceRecord._make((status, *row[3:11], int(row[11]), error, *row[15:18], None))
+
+
+def summary_from_row(row: Sequence[Any]) -> DeviceRecord:
+    """A summary record from a row of `_SUMMARY_COLUMNS`: what a plan diffs (status, hashes,
+    attempts, the last error's code, manifest); payloads, replies and times are left out."""
+    key = row[0]
+    if row[8] is not None:
+        return summary_of(read_record(key, row[8]))
+    status = _STATUS_BY_VALUE.get(row[2])
+    if status is None:
+        raise StateError(f"device '{key}': stored status {row[2]!r} is not a status")
+    error = None if row[6] is None else ErrorInfo(row[6], "", "")
+    return DeviceRecord(
+        status, row[3], None, row[4], attempts=int(row[5]), last_error=error, manifest=row[7]
+    )
+
+
+def summary_of(record: DeviceRecord) -> DeviceRecord:
+    """`record` cut down to what `summary_from_row` reads."""
+    error = record.last_error
+    return DeviceRecord(
+        record.status,
+        record.payload_sha256,
+        None,
+        record.target_sha256,
+        attempts=record.attempts,
+        last_error=None if error is None else ErrorInfo(error.code, "", ""),
+        manifest=record.manifest,
+    )
 
 
 def read_record(key: str, text: str) -> DeviceRecord:
@@ -416,6 +450,35 @@ class SqlStore(ABC):
             devices = {row[0]: record_from_row(row) for row in rows}
         unsaved = sum(1 for row in rows if row[1] > serial)
         return State(self.location, lineage, serial, devices, exists=True, replayed=unsaved)
+
+    def load_summary(self) -> State:
+        """The state as `plan` needs it: every device's summary (`summary_of`), not its full
+        record; `records(keys)` fetches the full records of the devices the plan changes."""
+        with self.reading() as cur:
+            header = self._header(cur)
+            if header is None:
+                return State(self.location, new_lineage())
+            cur.execute(
+                self.q(f"SELECT {_SUMMARY_COLUMNS} FROM rrpcsync_devices WHERE state = ?"),
+                (self.name,),
+            )
+            rows = cur.fetchall()
+        lineage, serial = header
+        with gc_paused():
+            devices = {row[0]: summary_from_row(row) for row in rows}
+        unsaved = sum(1 for row in rows if row[1] > serial)
+        return State(self.location, lineage, serial, devices, exists=True, replayed=unsaved)
+
+    def full_records(self, summaries: Mapping[str, DeviceRecord]) -> dict[str, DeviceRecord] | None:
+        """The full records of these devices (their summaries from `load_summary`), or None if
+        another run wrote one since (its summary is not the stored record's any more)."""
+        full = self.records(summaries)
+        if any(
+            key not in full or summary_of(full[key]) != summary
+            for key, summary in summaries.items()
+        ):
+            return None
+        return full
 
     def records(self, keys: Iterable[str]) -> dict[str, DeviceRecord]:
         """The stored records of these keys now (a sharded run re-checks what it claimed)."""

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from rrpcsync.model import DeviceRecord
 
@@ -114,3 +114,14 @@ class StateStore(Protocol):
     def replace(self, state: State) -> None:
         """Make the stored state exactly `state`: lineage, serial and devices (`state migrate`,
         `state push`). Only a lock holder replaces."""
+
+
+@runtime_checkable
+class SummaryLoading(Protocol):
+    """A store that can load less for `plan` (the SQL stores): every device's summary (status,
+    hashes, attempts, last error code, manifest), then the full records of the few it needs."""
+
+    def load_summary(self) -> State: ...
+
+    def full_records(self, summaries: Mapping[str, DeviceRecord]) -> dict[str, DeviceRecord] | None:
+        """The full records of these devices, or None if one changed since its summary."""
