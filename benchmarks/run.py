@@ -152,6 +152,7 @@ ALL = [
     "writes",
     "report",
     "stores",
+    "stores-plan",
 ]
 
 
@@ -192,6 +193,8 @@ def main() -> None:
         lines += bench_report.report(bench_report.bench(files, devices))
     if "stores" in only:  # 100,000 devices at the default sizes, 1% changed
         lines += bench_stores.report(bench_stores.bench(files, devices))
+    if "stores-plan" in only and "stores" not in only:  # the plan part of "stores" alone
+        lines += bench_stores.report(bench_stores.bench(files, devices, plan_only=True))
     print("\n".join(lines))
 
 
