@@ -232,12 +232,15 @@ def plan_manifests(
     record_observations: bool = False,
     only_failed: bool = False,
     windows: Windows | None = None,
+    read_only: bool = False,
 ) -> Planned:
     """Diff the manifests against the store (the state loads while workers parse the manifests).
 
     With `drift`, devices are first probed (`connection`/`sending` say how) and `drift` changes
     planned; `record_observations` (apply) keeps what they reported in the loaded state.
     Changes of manifests outside their maintenance windows are deferred (`windows`).
+    `read_only` (`plan`: nothing will be written) lets a SQL store read every device's summary
+    and then the full records of only the devices the plan changes (docs/state.md).
     """
     from rrpcsync.planning.planner import make_plan
     from rrpcsync.state.store import SummaryLoading
@@ -245,7 +248,7 @@ def plan_manifests(
     selection = selection or Selection()
     _refuse_saved_plan(paths, "plan")
     probing = drift is not None and drift.active
-    summary = isinstance(store, SummaryLoading) and not record_observations and not probing
+    summary = read_only and isinstance(store, SummaryLoading) and not probing
     load = store.load_summary if isinstance(store, SummaryLoading) and summary else store.load
     desired, state = loader.load_manifests_while(paths or DEFAULT_PATHS, load)
     if not desired.ok:

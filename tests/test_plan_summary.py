@@ -116,10 +116,13 @@ def test_plan_on_a_sql_store_is_the_plan_of_a_full_load(
     try:
         store.replace(state)
         expected = api.plan_manifests([str(configs)], json_store, prune=True)
-        planned = api.plan_manifests([str(configs)], store, prune=True)
+        planned = api.plan_manifests([str(configs)], store, prune=True, read_only=True)
+        writing = api.plan_manifests([str(configs)], store, prune=True)  # apply's: in full
     finally:
         store.close()
-    assert planned.plan == expected.plan
+    assert planned.plan == expected.plan == writing.plan
+    assert writing.state.devices == state.devices
+    assert planned.state.devices["PA/d00000"] == summary_of(state.devices["PA/d00000"])
     actions = {c.key: c.action.value for c in planned.plan.changes}
     assert actions == {
         "PA/d00001": "update",
@@ -166,7 +169,7 @@ def test_a_write_between_the_reads_plans_from_the_full_state(
     store.desired_sha256 = device.payload_sha256
     store.replace(state)
     try:
-        planned = api.plan_manifests([str(configs)], store)
+        planned = api.plan_manifests([str(configs)], store, read_only=True)
     finally:
         store.close()
     assert (planned.state.serial, planned.plan.serial) == (6, 6)  # after the other run's save

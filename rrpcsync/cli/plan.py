@@ -188,6 +188,7 @@ def plan_and_show(
             say=info,
             only_failed=options.get("only_failed", False),
             windows=windows_from(options),
+            read_only=True,
         )
     except ManifestError as error:
         report_diagnostics(error, "text")
