@@ -4,6 +4,7 @@ real SQLite and a real PostgreSQL server: the plan is the one a full load makes.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,13 +33,14 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Path, State]]:
     """Manifests of 6 devices and a state where they differ in every way a plan tells apart."""
     write_fleet(tmp_path, {"PA": 4, "PB": 2}, {"PA": 2, "PB": 1})
     desired = {d.key: d for d in load_manifests([tmp_path / "configs"]).devices}
-    old = "0" * 64
 
-    def acked(key: str, sha: str, **fields: object) -> DeviceRecord:
+    def acked(key: str, payload: str | None = None, **fields: object) -> DeviceRecord:
+        payload = payload or f'{{"old":"{key}"}}'
+        sha = hashlib.sha256(payload.encode()).hexdigest()
         return DeviceRecord(
             Status.APPLIED,
             payload_sha256=sha,
-            payload=f'{{"old":"{key}"}}',
+            payload=payload,
             target_sha256=sha,
             request_id=f"req-{key}",
             message_id=7,
@@ -49,9 +51,9 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Path, State]]:
         )._replace(**fields)
 
     devices = {
-        "PA/d00000": acked("PA/d00000", desired["PA/d00000"].payload_sha256),  # no-op
-        "PA/d00001": acked("PA/d00001", old),  # update: payload_before, request id
-        "PA/d00002": acked("PA/d00002", old)._replace(  # retry of the desired payload
+        "PA/d00000": acked("PA/d00000", desired["PA/d00000"].payload),  # no-op
+        "PA/d00001": acked("PA/d00001"),  # update: payload_before, request id
+        "PA/d00002": acked("PA/d00002")._replace(  # retry of the desired payload
             status=Status.FAILED,
             target_sha256=desired["PA/d00002"].payload_sha256,
             attempts=3,
@@ -60,7 +62,7 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Path, State]]:
         "PA/d00003": DeviceRecord(  # pending: retry, its code "Pending"
             Status.PENDING, target_sha256=desired["PA/d00003"].payload_sha256, attempts=1
         ),
-        "PB/gone": acked("PB/gone", old, observed='{"a":1}'),  # orphan
+        "PB/gone": acked("PB/gone", observed='{"a":1}'),  # orphan
         # PB/d00000, PB/d00001: no record: create
     }
     yield tmp_path / "configs", State("x", LINEAGE, 5, devices, exists=True)
@@ -94,7 +96,9 @@ def test_full_records_notice_a_write_since_the_summary(url: str, fleet: tuple[Pa
         store.replace(state)
         summary = store.load_summary()
         later = other.load()
-        later.put("PA/d00001", later.devices["PA/d00001"]._replace(payload_sha256="f" * 64))
+        new = '{"new":1}'
+        sha = hashlib.sha256(new.encode()).hexdigest()
+        later.put("PA/d00001", later.devices["PA/d00001"]._replace(payload=new, payload_sha256=sha))
         other.save(later)
         assert store.full_records({"PA/d00001": summary.devices["PA/d00001"]}) is None
         later.drop("PB/gone")
@@ -145,14 +149,15 @@ class RacedStore(SqliteStore):
     """A real SQLite store where another run applies PA/d00001 right after the summary is
     read (the summary still has it outdated)."""
 
-    desired_sha256 = ""
+    desired_payload = ""
 
     def load_summary(self) -> State:
         summary = super().load_summary()
         other = SqliteStore(str(self.path))
         later = other.load()
+        sha = hashlib.sha256(self.desired_payload.encode()).hexdigest()
         done = later.devices["PA/d00001"]._replace(
-            payload_sha256=self.desired_sha256, target_sha256=self.desired_sha256
+            payload=self.desired_payload, payload_sha256=sha, target_sha256=sha
         )
         later.put("PA/d00001", done)
         other.save(later)
@@ -166,7 +171,7 @@ def test_a_write_between_the_reads_plans_from_the_full_state(
     configs, state = fleet
     store = RacedStore(f"sqlite:///{tmp_path}/raced.db")
     [device] = [d for d in load_manifests([configs]).devices if d.key == "PA/d00001"]
-    store.desired_sha256 = device.payload_sha256
+    store.desired_payload = device.payload
     store.replace(state)
     try:
         planned = api.plan_manifests([str(configs)], store, read_only=True)
