@@ -380,10 +380,21 @@ def _load_parallel(
     methods = multiprocessing.get_all_start_methods()
     single = threading.active_count() == 1
     method = "fork" if single and "fork" in methods else "spawn"
-    with multiprocessing.get_context(method).Pool(jobs) as pool:
+    with multiprocessing.get_context(method).Pool(jobs, initializer=_worker_signals) as pool:
         pending = pool.map_async(load_files, parts)
         side = during()
         return pending.get(), side
+
+
+def _worker_signals() -> None:
+    """Workers leave interruptions to the parent: a forked worker inherits the CLI's SIGTERM
+    handler (which raises), so the parent's `Pool.terminate` (after an error in the state load,
+    or a signal) would leave it alive, printing tracebacks, and `terminate` would wait forever.
+    Ctrl-C reaches the whole process group; only the parent acts on it."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def load_file(path: Path) -> LoadResult:
