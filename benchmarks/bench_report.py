@@ -7,6 +7,7 @@ sent); the page's size is measured for it and for a fleet where every device fai
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import tempfile
 import time
@@ -24,6 +25,11 @@ from rrpcsync.report.model import MANIFEST, PRODUCT, parse_group_by
 from rrpcsync.state import RunRecord, open_store
 from rrpcsync.state.jsonfile import load_state, save_state
 
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 GROUPS = (MANIFEST, PRODUCT, parse_group_by("label:site"))
 
 
@@ -34,7 +40,8 @@ def record(device: Any, index: int, failed_share: int) -> DeviceRecord | None:
         error = ErrorInfo(f"FailedOperation.Code{index % 7}", message, "2026-11-29T00:00:00Z")
         return DeviceRecord(Status.FAILED, attempts=3, last_error=error, manifest=device.manifest)
     if roll < failed_share + 5:
-        return DeviceRecord(Status.APPLIED, "0" * 64, "{}", manifest=device.manifest)
+        old = "{}"  # an older payload than the manifests declare: outdated
+        return DeviceRecord(Status.APPLIED, sha256(old), old, manifest=device.manifest)
     if roll < failed_share + 8:
         return DeviceRecord(Status.PENDING, manifest=device.manifest)
     if roll < failed_share + 10:
