@@ -18,6 +18,7 @@ records' size plus a constant (the slope); plan from a SQL store <= 1.3x a bare 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import statistics
 import sys
@@ -67,12 +68,13 @@ def pg_counters(admin: Any) -> int:
 
 
 def applied(record: DeviceRecord, serial: int) -> DeviceRecord:
-    digest = f"{serial:064x}"
+    payload = f'{{"method":"set_config","params":{{"v":{serial}}}}}'
+    digest = hashlib.sha256(payload.encode()).hexdigest()  # the loader checks it
     return record._replace(
         status=Status.APPLIED,
         payload_sha256=digest,
         target_sha256=digest,
-        payload=f'{{"method":"set_config","params":{{"v":{serial}}}}}',
+        payload=payload,
         applied_at="2026-12-01T00:00:00Z",
         attempts=record.attempts + 1,
     )
