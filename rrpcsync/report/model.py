@@ -13,14 +13,13 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from rrpcsync import jsontext
 from rrpcsync.manifests import probe as probes
 from rrpcsync.model import DesiredDevice, DeviceRecord, Status
-from rrpcsync.state.store import RunRecord, State, utc_now
+from rrpcsync.state.store import RunRecord, State, parse_utc, utc_now
 
 REPORT_FORMAT = "rrpcsync-report"
 REPORT_FORMAT_VERSION = 1
@@ -268,18 +267,8 @@ def commit_url(ci_url: str | None, commit: str | None) -> str | None:
     return None
 
 
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-
-
 def run_point(run: RunRecord) -> RunPoint:
-    started, finished = parse_time(run.started_at), parse_time(run.finished_at)
+    started, finished = parse_utc(run.started_at), parse_utc(run.finished_at)
     duration = (finished - started).total_seconds() if started and finished else None
     url = safe_url(run.ci_url)
     commit = run.commit if run.commit else None

@@ -39,7 +39,7 @@ from rrpcsync.run.executor import (
     should_retry,
     wait_before_retry,
 )
-from rrpcsync.state import State, utc_now
+from rrpcsync.state.store import State, parse_utc, utc_now
 
 DRIFT = "drift"  # reason: the probe saw another config
 STALE = "stale"  # reason: not probed, and last applied longer ago than --resync-after
@@ -318,18 +318,8 @@ def _with_drift(
 
 def is_stale(applied_at: str | None, seconds: float, now: datetime) -> bool:
     """Last applied more than `seconds` before `now` (an unknown or unreadable time is stale)."""
-    when = parse_time(applied_at)
+    when = parse_utc(applied_at)
     return when is None or (now - when).total_seconds() > seconds
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 # --------------------------------------------------------------------------- state

@@ -28,6 +28,7 @@ from rrpcsync.state.paths import unlink_quietly as unlink_quietly  # re-exported
 log = logging.getLogger("rrpcsync.state")
 
 POLL_SECONDS = 0.1
+REOPEN_TRIES = 100  # replaced between open and flock this often: something is wrong
 _HOLDER_MAX_BYTES = 64 * 1024
 
 
@@ -95,12 +96,14 @@ class StateLock:
 # --------------------------------------------------------------------------- flock primitives
 
 
-def try_lock(path: Path) -> int | None:
-    """An fd holding the flock on the file now at `path`, or None if another process holds it."""
-    while True:
+def try_lock(path: Path, shared: bool = False) -> int | None:
+    """An fd holding the flock (exclusive, or `shared`) of the file now at `path`, or None if
+    another process holds it the other way. A file its holder released (unlinked), or that
+    `state unlock --force` removed, between our open and flock is opened again."""
+    for _ in range(REOPEN_TRIES):
         fd = open_lock_file(path, create=True)
         try:
-            locked = flock_nonblocking(fd, path)
+            locked = flock_nonblocking(fd, path, shared)
         except BaseException:
             os.close(fd)
             raise
@@ -109,7 +112,8 @@ def try_lock(path: Path) -> int | None:
             return None
         if is_current_file(fd, path):
             return fd
-        os.close(fd)  # the holder released (unlinked) it between our open and flock; again
+        os.close(fd)
+    raise StateError(f"cannot lock {path}: it keeps being replaced")
 
 
 def open_lock_file(path: Path, create: bool) -> int:
@@ -122,9 +126,9 @@ def open_lock_file(path: Path, create: bool) -> int:
         raise StateError(f"cannot create lock file {path}: its folder does not exist") from None
 
 
-def flock_nonblocking(fd: int, path: Path) -> bool:
+def flock_nonblocking(fd: int, path: Path, shared: bool = False) -> bool:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False

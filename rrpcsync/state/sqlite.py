@@ -9,14 +9,19 @@ one `<db>.<state>.run-<id>.lock` per run in flight.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 from pathlib import Path
 from urllib.parse import unquote
 
 from rrpcsync.errors import StateError
-from rrpcsync.state.lock import describe_holder, is_current_file, open_lock_file, unlink_quietly
+from rrpcsync.state.lock import (
+    describe_holder,
+    flock_nonblocking,
+    open_lock_file,
+    try_lock,
+    unlink_quietly,
+)
 from rrpcsync.state.sql import DEFAULT_STATE_NAME, Cursor, SqlStore
 
 PREFIX = "sqlite:///"
@@ -96,7 +101,7 @@ class SqliteStore(SqlStore):
     def _try_state_lock(self, shared: bool) -> bool:
         if self._state_fd is not None:
             raise StateError(f"{self.location}: this process already holds its lock")
-        fd = try_flock(self.lock_file(), shared)
+        fd = try_lock(self.lock_file(), shared)
         self._state_fd = fd
         return fd is not None
 
@@ -106,7 +111,7 @@ class SqliteStore(SqlStore):
             os.close(fd)
 
     def _hold_run(self, run: str) -> None:
-        fd = try_flock(self.lock_file(run), shared=False)
+        fd = try_lock(self.lock_file(run))
         if fd is None:
             raise StateError(f"{self.location}: run {run} is already held")
         self._run_fds[run] = fd
@@ -126,7 +131,7 @@ class SqliteStore(SqlStore):
         except FileNotFoundError:
             return False
         try:
-            if not flock(fd, shared=False):
+            if not flock_nonblocking(fd, path):
                 return True
             unlink_quietly(path)  # left by a run that was killed
             return False
@@ -142,30 +147,3 @@ class SqliteStore(SqlStore):
             f"removed the lock of {self.location} held by {describe_holder(holder)} (--force); "
             "if that run is still going, it may still write the state"
         )
-
-
-def flock(fd: int, shared: bool) -> bool:
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def try_flock(path: Path, shared: bool) -> int | None:
-    """An fd holding the flock of the file now at `path`, or None if it is held (the other
-    way). A file removed by `state unlock --force` between open and flock is opened again."""
-    for _ in range(100):
-        fd = open_lock_file(path, create=True)
-        try:
-            locked = flock(fd, shared)
-        except BaseException:
-            os.close(fd)
-            raise
-        if not locked:
-            os.close(fd)
-            return None
-        if is_current_file(fd, path):
-            return fd
-        os.close(fd)
-    raise StateError(f"cannot lock {path}: it keeps being replaced")

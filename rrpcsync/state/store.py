@@ -22,6 +22,17 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_utc(text: str | None) -> datetime | None:
+    """A time as `utc_now` writes it (or any ISO 8601; naive means UTC); None if unreadable."""
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
 def new_lineage() -> str:
     return str(uuid.uuid4())
 
