@@ -7,9 +7,7 @@ parse). A compiled validator checks the happy path; jsonschema explains the fail
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import gc
 import hashlib
 import json
 import os
@@ -25,7 +23,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from rrpcsync import secrets
 from rrpcsync.errors import Diagnostic, ManifestError
-from rrpcsync.jsontext import MAX_DEPTH, canonical_payload, nested_deeper_than
+from rrpcsync.jsontext import MAX_DEPTH, canonical_payload, gc_paused, nested_deeper_than
 from rrpcsync.manifests import inventory, messages
 from rrpcsync.manifests import probe as probes
 from rrpcsync.manifests.expect import ManifestExpectations, check_echo_payload, parse_expectation
@@ -322,20 +320,6 @@ def load_manifests_while(
     """
     with gc_paused():  # also while the workers' results are unpickled
         return _load_manifests_while(paths, during, jobs)
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside: loading builds millions of objects (nodes, dicts,
-    devices), and each collection triggered by them scans them all and finds nothing to free
-    (measured: a tenth to a fifth of a large plan). Collection resumes afterwards."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _load_manifests_while(

@@ -13,13 +13,13 @@ from typing import Any, BinaryIO
 
 from rrpcsync import jsontext
 from rrpcsync.errors import StateError
+from rrpcsync.jsontext import gc_paused
 from rrpcsync.model import DeviceRecord
 from rrpcsync.state.files import append_durably, open_for_append, reopen_if_removed
 from rrpcsync.state.paths import open_private, read_private
 from rrpcsync.state.records import (
     JOURNAL_VERSION,
     check_key,
-    gc_paused,
     is_int,
     journal_text,
     json_type,

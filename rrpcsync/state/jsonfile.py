@@ -11,6 +11,7 @@ from typing import Any
 
 from rrpcsync import jsontext
 from rrpcsync.errors import StateError
+from rrpcsync.jsontext import gc_paused
 from rrpcsync.model import DeviceRecord
 from rrpcsync.state.files import append_durably, backup_path, open_for_append, write_atomically
 from rrpcsync.state.journal import Journal, journal_path, replay_journal
@@ -26,7 +27,6 @@ from rrpcsync.state.records import (
     check_key,
     check_record_hashes,
     field_set_problem,
-    gc_paused,
     is_int,
     journal_text,
     json_type,

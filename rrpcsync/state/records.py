@@ -3,15 +3,13 @@ JSON text of the state file and of journal lines (formats: docs/state.md)."""
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import itertools
 import json
 import logging
 import operator
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any, TypeGuard
 
@@ -463,16 +461,3 @@ def _escape_if_not_utf8(text: str) -> str:
     except UnicodeEncodeError:
         return encode_basestring_ascii(text)
     return encode_basestring(text)
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    # Building 10^5 records (and 10^6 JSON values) triggers repeated full collections that
-    # find nothing to free; pausing the collector makes a large load about a third faster.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

@@ -25,9 +25,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from rrpcsync.errors import LockedError, StateError
+from rrpcsync.jsontext import gc_paused
 from rrpcsync.model import DeviceRecord, ErrorInfo, Status
 from rrpcsync.state.lock import describe_holder, holder_info
-from rrpcsync.state.records import gc_paused, record_from_dict, record_to_dict
+from rrpcsync.state.records import record_from_dict, record_to_dict
 from rrpcsync.state.store import RunRecord, State, new_lineage
 
 log = logging.getLogger("rrpcsync.state")
